@@ -1,0 +1,194 @@
+"""Layers shared by every vidiff network: embeddings, rotary positions, attention, MLPs.
+
+One place for each: UNet3D, VideoDiT, the video autoencoder and ControlNet all build from
+these, so a fix or a faster kernel lands everywhere at once.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#################################################################################
+#                          Diffusion-time embeddings                            #
+#################################################################################
+
+
+def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of scalars: ``(B,) -> (B, dim)``.
+
+    Diffusion time ``t`` in ``[0, 1]`` is scaled by 1000 by the caller (``TimestepEmbedder``)
+    so the fastest frequency still resolves the small time differences samplers use.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device,
+                                                           dtype=torch.float32) / half)
+    args = values.float()[:, None] * freqs[None]                      # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)        # (B, 2*half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Embeds a scalar per sample (diffusion time, noise level, frame stride) into a vector."""
+
+    def __init__(self, dim: int, freq_dim: int = 256, scale: float = 1000.0):
+        super().__init__()
+        self.freq_dim, self.scale = freq_dim, scale
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, values: Tensor) -> Tensor:
+        # values: (B,) -> (B, dim)
+        freqs = sinusoidal_embedding(values * self.scale, self.freq_dim)
+        return self.mlp(freqs.to(self.mlp[0].weight.dtype))
+
+
+#################################################################################
+#                              Rotary positions                                 #
+#################################################################################
+
+
+def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """Rotary tables for integer or fractional positions: ``(L,) -> cos, sin`` each ``(L, dim)``.
+
+    Rotary encodings depend only on position differences inside attention, so a model trained
+    on 16 frames runs on 32 (positions beyond training are new angles, not missing rows).
+    """
+    if dim % 2:
+        raise ValueError(f"rotary dimension must be even, got {dim}")
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=positions.device,
+                                            dtype=torch.float32) / dim))
+    angles = positions.float()[:, None] * inv_freq[None]               # (L, dim/2)
+    angles = torch.cat([angles, angles], dim=-1)                        # (L, dim)
+    return angles.cos(), angles.sin()
+
+
+def rotary_cos_sin_3d(frames: int, height: int, width: int, dim: int,
+                      device=None, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """3D rotary tables over a (frames, height, width) token grid, flattened in that order.
+
+    The head dimension is split into three even parts (time gets the remainder), each rotated
+    by its own axis: returns cos, sin each ``(frames * height * width, dim)``.
+    """
+    d_hw = (dim // 3) // 2 * 2
+    d_t = dim - 2 * d_hw
+    grids = torch.meshgrid(torch.arange(frames, device=device), torch.arange(height, device=device),
+                           torch.arange(width, device=device), indexing="ij")
+    parts = [rotary_cos_sin(g.reshape(-1), d, base) for g, d in zip(grids, (d_t, d_hw, d_hw))]
+    return torch.cat([p[0] for p in parts], -1), torch.cat([p[1] for p in parts], -1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x (B, heads, L, dim)`` by tables ``(L, dim)`` (rotate-half convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+#################################################################################
+#                                  Attention                                    #
+#################################################################################
+
+
+class SDPAProcessor:
+    """Default attention kernel: ``torch.nn.functional.scaled_dot_product_attention``.
+
+    A processor takes ``(attn, q, k, v, mask)`` with q ``(B, heads, Lq, d)``, k and v
+    ``(B, heads, Lk, d)`` and an optional boolean mask broadcastable to ``(B, heads, Lq, Lk)``
+    (True = attend), and returns ``(B, heads, Lq, d)``. Replace it on any ``Attention`` (see
+    :func:`set_attention_processor`) to record or swap keys and values, as editing needs.
+    """
+
+    def __call__(self, attn: "Attention", q: Tensor, k: Tensor, v: Tensor,
+                 mask: Optional[Tensor]) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class Attention(nn.Module):
+    """Multi-head self- or cross-attention on token sequences, through a swappable processor.
+
+    ``zero_init=True`` zeroes the output projection, so a residual attention layer starts as
+    the identity (how temporal layers are added to an image network without changing it).
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: Optional[int] = None,
+                 qk_norm: bool = True, zero_init: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, dim // heads
+        self.is_cross = context_dim is not None
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=False)
+        # QK-norm keeps attention logits bounded, which lets a higher learning rate train stably.
+        self.q_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if qk_norm else nn.Identity()
+        self.to_out = nn.Linear(dim, dim)
+        if zero_init:
+            nn.init.zeros_(self.to_out.weight)
+            nn.init.zeros_(self.to_out.bias)
+        self.processor: Callable = SDPAProcessor()
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None,
+                context_mask: Optional[Tensor] = None,
+                rope: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        # x: (B, L, dim); context: (B, S, context_dim); context_mask: (B, S) bool, True = keep
+        B, L, _ = x.shape
+        source = x if context is None else context
+        q = self.to_q(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)       # (B, h, L, d)
+        k, v = self.to_kv(source).view(B, source.shape[1], 2, self.heads,
+                                       self.head_dim).permute(2, 0, 3, 1, 4)         # 2 x (B, h, S, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # positions only make sense for self-attention
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        mask = None
+        if context_mask is not None:
+            mask = context_mask[:, None, None, :].to(torch.bool)                      # (B, 1, 1, S)
+        out = self.processor(self, q, k, v, mask)                                     # (B, h, L, d)
+        out = out.transpose(1, 2).reshape(B, L, self.heads * self.head_dim)           # (B, L, dim)
+        return self.to_out(out)
+
+
+def set_attention_processor(model: nn.Module, processor_for: Callable[[str, Attention], Callable]) -> None:
+    """Give every ``Attention`` in ``model`` the processor ``processor_for(name, module)``."""
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            module.processor = processor_for(name, module)
+
+
+#################################################################################
+#                                  Blocks                                       #
+#################################################################################
+
+
+class FeedForward(nn.Module):
+    """Transformer MLP: ``(..., dim) -> (..., dim)`` with a GELU hidden layer."""
+
+    def __init__(self, dim: int, mult: float = 4.0, zero_init: bool = False):
+        super().__init__()
+        hidden = int(dim * mult)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(hidden, dim))
+        if zero_init:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN / FiLM: ``x * (1 + scale) + shift`` with per-sample ``shift, scale (B, dim)``
+    broadcast over the token axis of ``x (B, L, dim)``."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` and return it (identity-at-init residual branches)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
