@@ -1,0 +1,134 @@
+"""From a :class:`~vidiff.Conditioning` to what a network consumes, shared by every backbone.
+
+A network sees conditions in three ways:
+
+* extra input channels: known frames (``known * mask`` and ``mask``) and an upsampled
+  low-resolution clip, concatenated to ``x_t``;
+* one embedding vector per sample: diffusion time, plus the noise level of known frames, the
+  frame stride, the low-resolution noise level and the pooled text vector, each with its own
+  embedder, summed;
+* a token sequence for cross-attention: the text embeddings, projected to the network width,
+  with a learned null sequence for rows that drop their text (classifier-free guidance).
+
+UNet3D and VideoDiT both own one :class:`ConditionEmbedder`, so the two backbones accept
+exactly the same conditions in exactly the same way.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vidiff.conditioning import Conditioning
+from vidiff.models.layers import TimestepEmbedder
+
+
+class ConditionEmbedder(nn.Module):
+    """Conditioning -> (input channels, embedding, cross-attention context).
+
+    Args:
+        in_channels: channels of ``x_t`` (and of ``known`` / ``low_res``).
+        emb_dim: width of the per-sample embedding.
+        text_dim: width of the text encoder's token embeddings (None: no text).
+        context_dim: width the network's cross-attention expects.
+        pooled_dim: width of the pooled text vector (None: not used).
+        known_frames: accept ``known``/``mask`` as extra input channels.
+        frame_stride: embed ``frame_stride``.
+        low_res: accept a low-resolution clip as extra input channels.
+    """
+
+    def __init__(self, in_channels: int, emb_dim: int, text_dim: Optional[int] = None,
+                 context_dim: Optional[int] = None, pooled_dim: Optional[int] = None,
+                 known_frames: bool = False, frame_stride: bool = False, low_res: bool = False):
+        super().__init__()
+        self.in_channels, self.text_dim = in_channels, text_dim
+        self.known_frames, self.low_res = known_frames, low_res
+        self.time = TimestepEmbedder(emb_dim)
+        self.known_noise = TimestepEmbedder(emb_dim) if known_frames else None
+        self.stride = TimestepEmbedder(emb_dim, scale=1.0) if frame_stride else None
+        self.low_res_noise = TimestepEmbedder(emb_dim) if low_res else None
+        if text_dim is not None:
+            # A learned null token replaces the text of dropped rows; one token suffices
+            # because attention over identical keys returns that token's value.
+            self.null_text = nn.Parameter(torch.randn(1, 1, text_dim) * 0.02)
+            self.text_proj = nn.Linear(text_dim, context_dim or text_dim)
+        self.pooled_proj = None
+        if pooled_dim is not None:
+            self.null_pooled = nn.Parameter(torch.zeros(1, pooled_dim))
+            self.pooled_proj = nn.Linear(pooled_dim, emb_dim)
+
+    @property
+    def extra_channels(self) -> int:
+        """Channels concatenated to ``x_t`` before the first layer."""
+        return (self.in_channels + 1) * self.known_frames + self.in_channels * self.low_res
+
+    # ------------------------------------------------------------------ inputs
+    def input(self, x: Tensor, cond: Optional[Conditioning]) -> Tensor:
+        # x: (B, C, T, H, W) -> (B, C + extra_channels, T, H, W)
+        B, C, T, H, W = x.shape
+        parts = [x]
+        if cond is not None and cond.known is not None and not self.known_frames:
+            raise ValueError("this network was built without known-frame inputs "
+                             "(known_frames=false); condition it by reconstruction guidance instead")
+        if cond is not None and cond.low_res is not None and not self.low_res:
+            raise ValueError("this network was built without a low-resolution input (low_res=false)")
+        if self.known_frames:
+            if cond is not None and cond.known is not None:
+                if cond.known.shape != x.shape or cond.mask.shape != (B, 1, T, H, W):
+                    raise ValueError(f"known frames {tuple(cond.known.shape)} / mask "
+                                     f"{tuple(cond.mask.shape)} must be {tuple(x.shape)} / {(B, 1, T, H, W)}")
+                mask = cond.mask.to(x.dtype)
+                parts += [cond.known.to(x.dtype) * mask, mask]
+            else:
+                parts += [x.new_zeros(B, C + 1, T, H, W)]
+        if self.low_res:
+            if cond is None or cond.low_res is None:
+                raise ValueError("a super-resolution network needs cond.low_res (B, C, T, h, w)")
+            low = cond.low_res.to(x.dtype)
+            if low.shape[:3] != (B, C, T):
+                raise ValueError(f"low_res {tuple(low.shape)} must be (B={B}, C={C}, T={T}, h, w)")
+            # Upsample each frame to the output size (trilinear with T fixed = bilinear per frame).
+            parts.append(F.interpolate(low, size=(T, H, W), mode="trilinear", align_corners=False))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else x
+
+    def embedding(self, t: Tensor, cond: Optional[Conditioning]) -> Tensor:
+        # t: (B,) in [0, 1] -> (B, emb_dim)
+        emb = self.time(t)
+        B = t.shape[0]
+        zeros = t.new_zeros(B)
+        if self.known_noise is not None:
+            level = cond.known_noise if cond is not None and cond.known_noise is not None else zeros
+            emb = emb + self.known_noise(level)
+        if self.stride is not None:
+            stride = cond.frame_stride if cond is not None and cond.frame_stride is not None else zeros + 1
+            emb = emb + self.stride(stride)
+        if self.low_res_noise is not None:
+            level = cond.low_res_noise if cond is not None and cond.low_res_noise is not None else zeros
+            emb = emb + self.low_res_noise(level)
+        if self.pooled_proj is not None:
+            pooled = self.null_pooled.expand(B, -1)
+            if cond is not None and cond.text_pooled is not None:
+                keep = ~cond.text_dropped(B, t.device)
+                pooled = torch.where(keep[:, None], cond.text_pooled.to(pooled.dtype), pooled)
+            emb = emb + self.pooled_proj(pooled)
+        return emb
+
+    def context(self, cond: Optional[Conditioning], batch: int, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Cross-attention tokens ``(B, L, context_dim)`` and mask ``(B, L)``; (None, None) without text."""
+        if self.text_dim is None:
+            return None, None
+        null = self.null_text.expand(batch, -1, -1)                          # (B, 1, text_dim)
+        if cond is None or cond.text is None:
+            return self.text_proj(null), torch.ones(batch, 1, dtype=torch.bool, device=device)
+        text = cond.text
+        if text.shape[0] != batch or text.shape[-1] != self.text_dim:
+            raise ValueError(f"text embeddings {tuple(text.shape)} must be (B={batch}, L, {self.text_dim})")
+        L = text.shape[1]
+        mask = cond.text_mask.to(torch.bool) if cond.text_mask is not None else \
+            torch.ones(batch, L, dtype=torch.bool, device=device)
+        drop = cond.text_dropped(batch, device)                              # (B,)
+        text = torch.where(drop[:, None, None], null.to(text.dtype).expand(-1, L, -1), text)
+        mask = mask | drop[:, None]
+        return self.text_proj(text.to(self.text_proj.weight.dtype)), mask
