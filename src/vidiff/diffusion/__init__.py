@@ -1,0 +1,20 @@
+"""The diffusion core: schedules, objectives, samplers and guidance. Depends on torch only."""
+from vidiff.diffusion.denoisers import GuidedDenoiser, NetworkDenoiser
+from vidiff.diffusion.objectives import (
+    LOSS_WEIGHTINGS, PARAMETERIZATIONS, TIME_DISTRIBUTIONS, diffusion_loss, loss_weight,
+    prediction_target, prediction_to_x0, sample_training_t, x0_to_prediction,
+)
+from vidiff.diffusion.samplers import (
+    DEFAULT_SPACING, SAMPLERS, SPACINGS, ddim_invert, invert, log_snr_grid, progress_callback,
+    sample, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun, timesteps,
+)
+from vidiff.diffusion.schedule import SCHEDULES, Schedule
+
+__all__ = [
+    "Schedule", "SCHEDULES", "sample", "invert", "SAMPLERS", "SPACINGS", "DEFAULT_SPACING",
+    "timesteps", "log_snr_grid", "progress_callback",
+    "sample_ddpm", "sample_ddim", "sample_euler", "sample_heun", "sample_dpmpp_2m", "ddim_invert",
+    "PARAMETERIZATIONS", "LOSS_WEIGHTINGS", "TIME_DISTRIBUTIONS", "prediction_target",
+    "prediction_to_x0", "x0_to_prediction", "loss_weight", "sample_training_t", "diffusion_loss",
+    "NetworkDenoiser", "GuidedDenoiser",
+]

@@ -1,0 +1,242 @@
+"""Samplers on data whose optimal denoiser and probability-flow ODE are known exactly.
+
+For x0 ~ N(m, s^2) per element, the optimal denoiser is
+``D(x_t, t) = m + alpha s^2 / (alpha^2 s^2 + sigma^2) (x_t - alpha m)`` and the
+probability-flow ODE keeps ``(x_t - alpha m) / sqrt(alpha^2 s^2 + sigma^2)`` constant.
+"""
+import math
+
+import pytest
+import torch
+
+from vidiff.conditioning import Conditioning
+from vidiff.diffusion import (
+    SAMPLERS, GuidedDenoiser, NetworkDenoiser, Schedule, ddim_invert, invert, log_snr_grid,
+    prediction_target, sample, sample_ddpm, timesteps,
+)
+
+M, S = 0.5, 0.5
+SCHEDULES = ["cosine", "linear", "flow"]
+
+
+def gaussian_denoiser(schedule):
+    def denoiser(x, t, cond):
+        alpha, sigma = schedule.alpha_sigma(t.double())
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        alpha, sigma = alpha.view(shape).to(x.dtype), sigma.view(shape).to(x.dtype)
+        return M + alpha * S**2 / (alpha**2 * S**2 + sigma**2) * (x - alpha * M)
+    return denoiser
+
+
+def state_at(schedule, t, c):
+    """The exact ODE state at time t for standardized coordinates c."""
+    alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
+    return alpha * M + c * torch.sqrt(alpha**2 * S**2 + sigma**2)
+
+
+def standard_coords(n, seed=0):
+    return torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("sampler,steps,tol", [
+    ("ddim", 200, 0.04), ("euler", 400, 0.04), ("heun", 100, 0.015), ("dpmpp_2m", 100, 0.005),
+])
+def test_deterministic_samplers_land_on_the_exact_ode_solution(name, sampler, steps, tol):
+    schedule = Schedule.from_name(name)
+    c = standard_coords(2000)
+    x = state_at(schedule, schedule.t_max, c)
+    out = sample(gaussian_denoiser(schedule), x, schedule=schedule, sampler=sampler, steps=steps)
+    exact = M + S * c
+    assert float((out - exact).abs().max()) < tol
+    # and the statistics of the data distribution
+    assert float(out.mean()) == pytest.approx(float(exact.mean()), abs=tol)
+    assert float(out.std()) == pytest.approx(float(exact.std()), abs=tol)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_ddpm_reaches_the_data_distribution(name):
+    schedule = Schedule.from_name(name)
+    g = torch.Generator().manual_seed(1)
+    x = state_at(schedule, schedule.t_max, standard_coords(20000, seed=2))
+    out = sample(gaussian_denoiser(schedule), x, schedule=schedule, sampler="ddpm", steps=1000,
+                 generator=g)
+    # 4 standard errors of the mean / std of 20000 draws, plus the chain's residual bias.
+    assert float(out.mean()) == pytest.approx(M, abs=4 * S / math.sqrt(20000) + 0.002)
+    assert float(out.std()) == pytest.approx(S, abs=4 * S / math.sqrt(40000) + 0.01)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_stochastic_chain_matches_exact_gaussian_propagation(name, eta):
+    """Few steps, where the chain is biased: compare with the chain's own exact law.
+
+    The reference propagates mean and variance with the textbook DDPM posterior
+    ``q(x_s | x_t, x0)`` (mean coefficients and variance), independently of the sampler code.
+    """
+    schedule = Schedule.from_name(name)
+    steps = 8
+    grid = timesteps(schedule, steps, "trailing")
+    n = 40000
+    x = state_at(schedule, float(grid[0]), standard_coords(n, seed=3))
+    mean, var = float(x.mean()), float(x.var())  # start from the empirical moments
+    for i in range(steps):
+        t, s = grid[i], grid[i + 1]
+        a_t, s_t = schedule.alpha_sigma(t)
+        a_s, s_s = schedule.alpha_sigma(s)
+        k = a_t * S**2 / (a_t**2 * S**2 + s_t**2)           # D = M + k (x - a_t M)
+        if float(s_s) == 0.0:
+            mean, var = M + float(k) * (mean - float(a_t) * M), float(k) ** 2 * var
+            continue
+        a_ts = a_t / a_s
+        v_ts = s_t**2 - a_ts**2 * s_s**2
+        post_var = s_s**2 * v_ts / s_t**2
+        c2 = eta**2 * post_var
+        # x_s = a_s D + sqrt(s_s^2 - c^2) (x - a_t D) / s_t + c z, D affine in x
+        b = torch.sqrt(s_s**2 - c2) / s_t
+        coef_x = float(a_s * k + b * (1 - a_t * k))
+        const = float((a_s - b * a_t) * (M - k * a_t * M))
+        mean, var = coef_x * mean + const, coef_x**2 * var + float(c2)
+        if eta == 1.0:  # ... which for eta = 1 is exactly the DDPM posterior mean
+            mu_x = a_ts * s_s**2 / s_t**2
+            mu_x0 = a_s * v_ts / s_t**2
+            assert coef_x == pytest.approx(float(mu_x + mu_x0 * k), rel=1e-9)
+    out = SAMPLERS["ddpm" if eta == 1.0 else "ddim"](
+        gaussian_denoiser(schedule), x, grid, schedule, generator=torch.Generator().manual_seed(4),
+        **({} if eta == 1.0 else {"eta": eta}))
+    se = math.sqrt(var / n)
+    assert float(out.mean()) == pytest.approx(mean, abs=5 * se)
+    assert float(out.var()) == pytest.approx(var, rel=5 * math.sqrt(2 / n))
+
+
+def _order(schedule, sampler, counts):
+    c = standard_coords(64)
+    t_max, t_min = 0.9, 0.05
+    exact = state_at(schedule, t_min, c)
+    errors = []
+    for n in counts:
+        grid = log_snr_grid(schedule, n, t_max, t_min)
+        out = SAMPLERS[sampler](gaussian_denoiser(schedule), state_at(schedule, t_max, c), grid, schedule)
+        errors.append(float((out - exact).abs().max()))
+    logs_n = torch.log(torch.tensor(counts, dtype=torch.float64))
+    logs_e = torch.log(torch.tensor(errors, dtype=torch.float64))
+    slope = -float(((logs_n - logs_n.mean()) * (logs_e - logs_e.mean())).sum()
+                   / ((logs_n - logs_n.mean()) ** 2).sum())
+    return slope, errors
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("sampler,order", [("ddim", 1), ("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
+def test_convergence_order(name, sampler, order):
+    slope, errors = _order(Schedule.from_name(name), sampler, [32, 64, 128, 256])
+    assert errors[-1] < errors[0]
+    assert order - 0.25 < slope < order + 0.35, (slope, errors)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_ddim_inversion_reconstructs(name):
+    schedule = Schedule.from_name(name)
+    denoiser = gaussian_denoiser(schedule)
+    x0 = M + S * standard_coords(500, seed=5)
+    noise = invert(denoiser, x0, schedule, steps=500)
+    # the inverted noise is the ODE's state at t_max: standardized coordinates are kept
+    assert float((noise - state_at(schedule, schedule.t_max, (x0 - M) / S)).abs().max()) < 0.05
+    back = sample(denoiser, noise, schedule=schedule, sampler="ddim", steps=500)
+    # Plain inversion: within 6% of the data's standard deviation at 500 steps.
+    assert float((back - x0).abs().max()) < 0.03
+    # Fixed-point refinement makes each step the exact inverse of its sampling step.
+    refined = invert(denoiser, x0, schedule, steps=200, refine=3)
+    back = sample(denoiser, refined, schedule=schedule, sampler="ddim", steps=200)
+    assert float((back - x0).abs().max()) < 2e-3
+
+
+def test_samplers_keep_gradients():
+    schedule = Schedule.from_name("cosine")
+    x = state_at(schedule, schedule.t_max, standard_coords(8)).requires_grad_(True)
+    for name in SAMPLERS:
+        out = sample(gaussian_denoiser(schedule), x, schedule=schedule, sampler=name, steps=5,
+                     generator=torch.Generator().manual_seed(0))
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert float(grad.abs().min()) > 0
+
+
+def test_callback_and_calls_per_step():
+    schedule = Schedule.from_name("flow")
+    calls, seen = [], []
+    def denoiser(x, t, cond):
+        calls.append(t.clone())
+        return gaussian_denoiser(schedule)(x, t, cond)
+    x = torch.randn(2, 3)
+    sample(denoiser, x, schedule=schedule, sampler="heun", steps=6, callback=seen.append)
+    assert [s["step"] for s in seen] == list(range(6))
+    assert len(calls) == 2 * 6 - 1  # Heun: two evaluations per step but the last
+    calls.clear()
+    sample(denoiser, x, schedule=schedule, sampler="dpmpp_2m", steps=6)
+    assert len(calls) == 6 and all(c.shape == (2,) for c in calls)
+
+
+def test_network_denoiser_with_each_parameterization():
+    schedule = Schedule.from_name("cosine")
+    reference = gaussian_denoiser(schedule)
+    c = standard_coords(16)
+    x_t = state_at(schedule, 0.4, c)
+    t = torch.full((16,), 0.4, dtype=torch.float64)
+    for kind in ("eps", "v", "x0"):
+        def network(x, t, cond, kind=kind):  # an "ideal network" predicting in its own units
+            x0 = reference(x, t, cond)
+            alpha, sigma = schedule.alpha_sigma(t)
+            eps = (x - alpha[:, None] * x0) / sigma[:, None]
+            return prediction_target(kind, x0, eps, t, schedule)
+        out = NetworkDenoiser(network, schedule, kind)(x_t, t, None)
+        assert torch.allclose(out, reference(x_t, t, None), atol=1e-10)
+
+
+def test_classifier_free_guidance_one_batched_call():
+    batches = []
+    def denoiser(x, t, cond):
+        batches.append(x.shape[0])
+        # conditional rows predict 2, dropped-text rows predict -1
+        return torch.where(cond.text_dropped(x.shape[0], x.device).view(-1, 1), -1.0, 2.0).expand_as(x).clone()
+    cond = Conditioning(text=torch.randn(3, 4, 8))
+    guided = GuidedDenoiser(denoiser, scale=5.0)
+    out = guided(torch.zeros(3, 6), torch.full((3,), 0.5), cond)
+    assert batches == [6]
+    assert torch.allclose(out, torch.full((3, 6), -1.0 + 5.0 * 3.0))
+    batches.clear()
+    GuidedDenoiser(denoiser, scale=1.0)(torch.zeros(3, 6), torch.full((3,), 0.5), cond)
+    assert batches == [3]
+
+
+def test_guidance_rescale_restores_conditional_std():
+    def denoiser(x, t, cond):
+        base = torch.linspace(-1, 1, x.shape[1]).expand_as(x)
+        return torch.where(cond.drop_text.view(-1, 1), 0.5 * base, base)
+    cond = Conditioning(text=torch.randn(2, 4, 8))
+    x, t = torch.zeros(2, 10), torch.full((2,), 0.5)
+    plain = GuidedDenoiser(denoiser, scale=7.0)(x, t, cond)
+    full = GuidedDenoiser(denoiser, scale=7.0, rescale=1.0)(x, t, cond)
+    half = GuidedDenoiser(denoiser, scale=7.0, rescale=0.5)(x, t, cond)
+    cond_std = torch.linspace(-1, 1, 10).std()
+    assert torch.allclose(full.std(dim=1), cond_std.expand(2), atol=1e-6)
+    assert torch.allclose(half, 0.5 * (plain + full), atol=1e-6)
+
+
+def test_bad_input():
+    schedule = Schedule.from_name("cosine")
+    d = gaussian_denoiser(schedule)
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="unknown sampler 'dpm'.*dpmpp_2m"):
+        sample(d, x, schedule=schedule, sampler="dpm")
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        sample(d, x, schedule=schedule, steps=0)
+    with pytest.raises(ValueError, match="spacing 'linear'"):
+        timesteps(schedule, 10, "linear")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        sample_ddpm(d, x, torch.tensor([1.2, 0.0]), schedule)
+    flow = Schedule.from_name("flow")
+    with pytest.raises(ValueError, match="log-SNR is not finite at t_max=1.0"):
+        sample(gaussian_denoiser(flow), x, schedule=flow, sampler="dpmpp_2m", t_max=1.0)
+    with pytest.raises(ValueError, match="start below t = 1"):
+        sample(gaussian_denoiser(flow), x, schedule=flow, sampler="heun", spacing="trailing", t_max=1.0)
+    with pytest.raises(ValueError, match="t_min < t_max"):
+        timesteps(schedule, 5, "uniform", t_max=0.5, t_min=0.6)
