@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vidiff.conditioning import Conditioning
+from vidiff.diffusion.gaussian import GaussianDenoiser
 from vidiff.diffusion import (
     SAMPLERS, GuidedDenoiser, NetworkDenoiser, Schedule, ddim_invert, invert, log_snr_grid,
     prediction_target, sample, sample_ddpm, timesteps,
@@ -20,18 +21,33 @@ SCHEDULES = ["cosine", "linear", "flow"]
 
 
 def gaussian_denoiser(schedule):
-    def denoiser(x, t, cond):
-        alpha, sigma = schedule.alpha_sigma(t.double())
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        alpha, sigma = alpha.view(shape).to(x.dtype), sigma.view(shape).to(x.dtype)
-        return M + alpha * S**2 / (alpha**2 * S**2 + sigma**2) * (x - alpha * M)
-    return denoiser
+    return GaussianDenoiser(schedule, M, S)
 
 
 def state_at(schedule, t, c):
     """The exact ODE state at time t for standardized coordinates c."""
-    alpha, sigma = schedule.alpha_sigma(torch.tensor(t, dtype=torch.float64))
-    return alpha * M + c * torch.sqrt(alpha**2 * S**2 + sigma**2)
+    return GaussianDenoiser(schedule, M, S).ode_state(t, c)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_gaussian_denoiser_is_the_posterior_mean(name):
+    """Regressing x0 on x_t over joint samples recovers D's gain and offset."""
+    schedule = Schedule.from_name(name)
+    g = torch.Generator().manual_seed(7)
+    n = 200000
+    x0 = M + S * torch.randn(n, dtype=torch.float64, generator=g)
+    for t in (0.2, 0.5, 0.8):
+        tt = torch.full((n,), t, dtype=torch.float64)
+        x_t = schedule.add_noise(x0, torch.randn(n, dtype=torch.float64, generator=g), tt)
+        cov = ((x_t - x_t.mean()) * (x0 - x0.mean())).mean()
+        gain = cov / x_t.var()
+        offset = x0.mean() - gain * x_t.mean()
+        probe = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+        assert torch.allclose(gaussian_denoiser(schedule)(probe, torch.full((3,), t, dtype=torch.float64)),
+                              offset + gain * probe, atol=0.02)
+        # and the ODE state map is consistent with the marginal of x_t
+        assert float(state_at(schedule, t, torch.tensor(1.0)) - state_at(schedule, t, torch.tensor(0.0))) \
+            == pytest.approx(float(x_t.std()), rel=0.01)
 
 
 def standard_coords(n, seed=0):

@@ -1,0 +1,48 @@
+"""The vidiff command: help, errors, and the jobs available so far."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vidiff.cli import build_parser, main
+
+
+def test_help_lists_only_working_commands():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in sub.choices:  # every listed command parses its own --help
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "vidiff", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "check" in out.stdout
+
+
+def test_check_reports_measured_orders(tmp_path, capsys):
+    path = tmp_path / "check.json"
+    assert main(["check", "--schedules", "cosine", "--samplers", "ddim,heun,dpmpp_2m",
+                 "--steps", "20,100", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["cosine"]
+    order = {r["sampler"]: r["order"] for r in rows}
+    assert 0.8 < order["ddim"] < 1.3 and 1.7 < order["heun"] < 2.4 and 1.6 < order["dpmpp_2m"] < 2.4
+    for name in ("ddim", "heun", "dpmpp_2m"):
+        errors = [r["max_error"] for r in rows if r["sampler"] == name]
+        assert errors[1] < errors[0]  # more steps, closer to the exact answer
+    assert "dpmpp_2m" in capsys.readouterr().out
+
+
+def test_schedule_table(capsys):
+    assert main(["schedule", "flow", "--points", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["0.250", "0.750000", "0.250000", "2.197"]  # 2 log 3
+
+
+def test_bad_input_is_one_clear_line(capsys):
+    assert main(["check", "--samplers", "dpm"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown sampler 'dpm'" in err and "dpmpp_2m" in err and "Traceback" not in err
+    assert main(["schedule", "cosin"]) == 2
+    assert "unknown schedule 'cosin'" in capsys.readouterr().err
