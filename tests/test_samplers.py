@@ -256,3 +256,13 @@ def test_bad_input():
         sample(gaussian_denoiser(flow), x, schedule=flow, sampler="heun", spacing="trailing", t_max=1.0)
     with pytest.raises(ValueError, match="t_min < t_max"):
         timesteps(schedule, 5, "uniform", t_max=0.5, t_min=0.6)
+
+
+def test_negative_prompt_replaces_the_null_condition():
+    def denoiser(x, t, cond):
+        # each row predicts the first text value of its condition
+        return cond.text[:, 0, :1].expand_as(x).clone()
+    cond = Conditioning(text=torch.full((2, 1, 4), 3.0))
+    negative = Conditioning(text=torch.full((2, 1, 4), 1.0))
+    out = GuidedDenoiser(denoiser, scale=2.0, negative=negative)(torch.zeros(2, 5), torch.full((2,), 0.5), cond)
+    assert torch.allclose(out, torch.full((2, 5), 1.0 + 2.0 * (3.0 - 1.0)))

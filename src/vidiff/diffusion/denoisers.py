@@ -48,19 +48,22 @@ class GuidedDenoiser:
     deviation back towards the conditional one, ``phi * x_cfg * std(x_c) / std(x_cfg) +
     (1 - phi) * x_cfg``, which undoes the over-saturation that large scales cause.
     ``scale = 1`` or ``cond = None`` skip guidance entirely (one pass, no extra cost).
+    ``negative`` (a Conditioning of the same batch size, e.g. a negative prompt) replaces
+    the null condition in the unconditional pass.
     """
 
     def __init__(self, denoiser: Callable, scale: float, rescale: float = 0.0,
-                 null_options: Optional[dict] = None):
+                 null_options: Optional[dict] = None, negative=None):
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
         self.denoiser, self.scale, self.rescale = denoiser, float(scale), float(rescale)
-        self.null_options = null_options or {}
+        self.null_options, self.negative = null_options or {}, negative
 
     def __call__(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         if cond is None or self.scale == 1.0:
             return self.denoiser(x, t, cond)
-        both = cond.cat(cond.null(**self.null_options))
+        uncond = self.negative if self.negative is not None else cond.null(**self.null_options)
+        both = cond.cat(uncond)
         out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), both)      # (2B, ...)
         x_c, x_u = out.chunk(2)
         guided = x_u + self.scale * (x_c - x_u)
