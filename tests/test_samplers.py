@@ -249,6 +249,8 @@ def test_bad_input():
         timesteps(schedule, 10, "linear")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         sample_ddpm(d, x, torch.tensor([1.2, 0.0]), schedule)
+    with pytest.raises(ValueError, match=r"returned shape \(2, 1\) for input \(2, 3\)"):
+        sample(lambda x, t, c: x[:, :1], x, schedule=schedule, steps=2)
     flow = Schedule.from_name("flow")
     with pytest.raises(ValueError, match="log-SNR is not finite at t_max=1.0"):
         sample(gaussian_denoiser(flow), x, schedule=flow, sampler="dpmpp_2m", t_max=1.0)

@@ -116,7 +116,11 @@ def _scalars(schedule: Schedule, t: float) -> tuple[float, float]:
 
 def _call(denoiser: Denoiser, x: Tensor, t: float, cond) -> Tensor:
     t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-    return denoiser(x, t_batch, cond)
+    x0 = denoiser(x, t_batch, cond)
+    if x0.shape != x.shape:
+        raise ValueError(f"the denoiser returned shape {tuple(x0.shape)} for input {tuple(x.shape)}; "
+                         "it must return x0_hat of the input's shape")
+    return x0
 
 
 def _report(callback, i: int, n: int, t: float, x: Tensor, x0: Tensor) -> None:
