@@ -1,0 +1,123 @@
+"""What a training step optimises, separate from the loop that runs it.
+
+The trainer knows nothing about diffusion: it calls ``objective(batch, draws)`` and gets a
+loss. Different models (a denoiser with its text encoder, later an autoencoder with its
+discriminator or a ControlNet over a frozen base) are different objectives around the same loop.
+
+Every random choice of a training sample (its diffusion time, noise, text dropout, which
+frame an image step uses) comes from :class:`SampleDraws`, seeded by (run seed, step, global
+sample index). A run's result therefore does not depend on how many processes share it, and a
+resumed run draws exactly what the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from vidiff.conditioning import Conditioning
+from vidiff.diffusion import Schedule, diffusion_loss
+
+
+def _seed(*parts) -> int:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SampleDraws:
+    """Per-sample random streams for the samples ``indices`` of global step ``step``.
+
+    ``generator(i)`` is a fresh generator for local sample ``i``; ``shared(tag)`` is one the
+    same on every process for this step (for choices about the whole global batch).
+    """
+
+    def __init__(self, seed: int, step: int, indices: list[int], global_batch: int):
+        self.seed, self.step, self.indices, self.global_batch = seed, step, list(indices), global_batch
+
+    def generator(self, i: int, tag: str) -> torch.Generator:
+        return torch.Generator().manual_seed(_seed(self.seed, self.step, self.indices[i], tag))
+
+    def shared(self, tag: str) -> torch.Generator:
+        return torch.Generator().manual_seed(_seed(self.seed, self.step, "shared", tag))
+
+    def times(self, distribution: str, mean: float = 0.0, std: float = 1.0, eps: float = 1e-5) -> Tensor:
+        """Training times ``(B_local,)``; uniform times are stratified over the *global* batch."""
+        if distribution == "uniform":
+            g = self.shared("t")
+            n = self.global_batch
+            strata = torch.randperm(n, generator=g)
+            jitter = torch.rand(n, generator=g, dtype=torch.float64)
+            t = (strata.double() + jitter) / n
+            picked = t[torch.tensor(self.indices) % n]
+        else:
+            z = torch.stack([torch.randn((), generator=self.generator(i, "t"), dtype=torch.float64)
+                             for i in range(len(self.indices))])
+            picked = torch.sigmoid(mean + std * z)
+        return picked.clamp(eps, 1 - eps).float()
+
+    def normal(self, shape: tuple[int, ...], tag: str) -> Tensor:
+        """``(B_local, *shape)`` standard normal, one stream per sample."""
+        return torch.stack([torch.randn(shape, generator=self.generator(i, tag))
+                            for i in range(len(self.indices))])
+
+    def uniform(self, tag: str) -> Tensor:
+        """``(B_local,)`` uniform in [0, 1), one draw per sample."""
+        return torch.stack([torch.rand((), generator=self.generator(i, tag)) for i in range(len(self.indices))])
+
+
+class DiffusionObjective(nn.Module):
+    """A denoiser network and its text encoder, trained by the diffusion loss.
+
+    Args:
+        network: ``network(x_t, t, cond) -> prediction``.
+        text_encoder: a vidiff text encoder or None (unconditional model).
+        schedule, parameterization, loss_weighting, min_snr_gamma, time_distribution,
+        logit_mean, logit_std: see :class:`~vidiff.train.config.DiffusionConfig`.
+        text_dropout: probability that a sample trains with the null text (for guidance).
+        frame_stride: pass the batch's frame stride to the network.
+    """
+
+    def __init__(self, network: nn.Module, text_encoder: Optional[nn.Module], schedule: Schedule,
+                 parameterization: str = "v", loss_weighting: str = "uniform",
+                 min_snr_gamma: float = 5.0, time_distribution: str = "uniform",
+                 logit_mean: float = 0.0, logit_std: float = 1.0, text_dropout: float = 0.1,
+                 frame_stride: bool = False):
+        super().__init__()
+        self.network, self.text_encoder = network, text_encoder
+        self.schedule, self.parameterization = schedule, parameterization
+        self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
+        self.time_distribution, self.logit_mean, self.logit_std = time_distribution, logit_mean, logit_std
+        self.text_dropout, self.frame_stride = text_dropout, frame_stride
+
+    def conditioning(self, captions: list[str], draws: Optional[SampleDraws],
+                     frame_stride: Optional[Tensor], device) -> Optional[Conditioning]:
+        parts = {}
+        if self.text_encoder is not None:
+            cond = self.text_encoder.conditioning(captions)
+            parts.update(text=cond.text, text_mask=cond.text_mask, text_pooled=cond.text_pooled)
+            if draws is not None and self.text_dropout > 0:
+                parts["drop_text"] = draws.uniform("text_dropout") < self.text_dropout
+        if self.frame_stride and frame_stride is not None:
+            parts["frame_stride"] = frame_stride.float()
+        if not parts:
+            return None
+        return Conditioning(**parts).to(device)
+
+    def forward(self, batch: dict, draws: SampleDraws, image_step: bool = False) -> tuple[Tensor, dict]:
+        # batch["video"]: (B, C, T, H, W) in [-1, 1] (pixels) or latent units
+        x0 = batch["video"]
+        device = x0.device
+        if image_step:
+            # Joint image-video training: one frame per sample, T = 1, same network.
+            pick = (draws.uniform("image_frame") * x0.shape[2]).long().clamp(max=x0.shape[2] - 1)
+            x0 = x0[torch.arange(x0.shape[0]), :, pick.to(device)].unsqueeze(2)   # (B, C, 1, H, W)
+        t = draws.times(self.time_distribution, self.logit_mean, self.logit_std).to(device)
+        noise = draws.normal(tuple(x0.shape[1:]), "noise").to(device=device, dtype=x0.dtype)
+        x_t = self.schedule.add_noise(x0, noise, t)
+        cond = self.conditioning(batch["caption"], draws, batch.get("frame_stride"), device)
+        pred = self.network(x_t, t, cond)
+        loss = diffusion_loss(pred, x0, noise, t, self.schedule, self.parameterization,
+                              self.loss_weighting, self.min_snr_gamma)
+        return loss, {"loss": loss.detach()}

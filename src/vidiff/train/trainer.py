@@ -1,0 +1,335 @@
+"""The training loop: one process by default, DDP or FSDP under ``torchrun``.
+
+The loop is written once around an objective (``objective(batch, draws) -> loss, metrics``).
+Data positions and all per-sample randomness derive from (seed, step, global sample index),
+so a run resumed from a checkpoint continues exactly as the uninterrupted run would have, and
+the result does not depend on the number of processes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vidiff.train.checkpoint import (
+    prune_checkpoints, read_trainer_state, read_weights, resolve_checkpoint, save_checkpoint,
+)
+from vidiff.train.ema import EMA
+from vidiff.train.objective import SampleDraws
+
+
+#################################################################################
+#                               Distributed setup                               #
+#################################################################################
+
+
+class Dist:
+    """Rank, world size and device of this process; initialises torch.distributed under torchrun."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world
+        return value
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+#################################################################################
+#                                   Trainer                                     #
+#################################################################################
+
+
+class Trainer:
+    """Runs an objective's optimisation with everything a long run needs.
+
+    Args:
+        objective: an ``nn.Module`` whose forward is ``(batch, draws, image_step) -> (loss, metrics)``.
+        dataset: map-style dataset of item dicts (``video``, ``caption``, ...).
+        train: a :class:`~vidiff.train.config.TrainConfig`.
+        checkpoint_config: the dict stored as each checkpoint's config.json (what to rebuild).
+        save_extra: ``fn(tmp_dir)`` that adds files to each checkpoint (text encoder vocabulary).
+        on_finish: ``fn(trainer)`` called on rank 0 after the last step (samples, plots).
+    """
+
+    def __init__(self, objective: nn.Module, dataset, train, checkpoint_config: dict,
+                 save_extra=None, collate=None, progress: bool = True):
+        self.dist = Dist()
+        self.cfg, self.dataset = train, dataset
+        self.collate = collate
+        self.checkpoint_config, self.save_extra = checkpoint_config, save_extra
+        self.progress = progress and self.dist.main
+        self.out_dir = Path(train.out_dir)
+        per_step = train.batch_size
+        if per_step % (self.dist.world * train.grad_accum):
+            raise ValueError(f"train.batch_size {per_step} must be divisible by processes x grad_accum "
+                             f"= {self.dist.world} x {train.grad_accum}")
+        self.micro_batch = per_step // (self.dist.world * train.grad_accum)
+        self.objective = objective.to(self.dist.device)
+        self.model = self._wrap(self.objective)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=train.lr, betas=(train.beta1, train.beta2),
+                                           weight_decay=train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, train.warmup_steps, train.steps,
+                                                train.lr_schedule, train.min_lr_ratio))
+        self.ema = EMA(self.objective, train.ema_decay, train.ema_warmup) if train.ema_decay > 0 else None
+        self.step = 0
+        self.history: list[dict] = []
+        self._stop_signal: Optional[int] = None
+        self._permutation: tuple = (None, None)
+
+    # ------------------------------------------------------------------ setup
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.dist.world > 1 and self.cfg.fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for child in module.modules():  # shard each large block, then the root
+                if child is not module and getattr(child, "fsdp_unit", False):
+                    fully_shard(child)
+            fully_shard(module)
+            wrapped = module
+        elif self.dist.world > 1:
+            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        else:
+            wrapped = module
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def load_weights(self, path, ema: bool = False) -> None:
+        """Initialise from a checkpoint's weights (fine-tuning: ``train.init_from``)."""
+        state = read_weights(path, ema=ema)
+        missing, unexpected = self.objective.load_state_dict(state, strict=False)
+        trainable = {n for n, p in self.objective.named_parameters() if p.requires_grad}
+        missing = [m for m in missing if m in trainable]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {str(path)!r} does not match this model: missing "
+                             f"{missing[:5]}, unexpected {list(unexpected)[:5]}")
+        if self.ema is not None:
+            self.ema = EMA(self.objective, self.cfg.ema_decay, self.cfg.ema_warmup)
+
+    def resume(self, path) -> None:
+        """Restore weights, EMA, optimizer, LR schedule, step and RNG from a checkpoint."""
+        path = resolve_checkpoint(path)
+        raw = read_weights(path, ema=False)
+        self.objective.load_state_dict(raw, strict=False)
+        state = read_trainer_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        torch.set_rng_state(state["torch_rng"])
+        if self.ema is not None and (path / "ema.safetensors").is_file():
+            self.ema.load_shadow(read_weights(path, ema=True))
+
+    # ------------------------------------------------------------------ data
+    def _indices(self, step: int, micro: int) -> list[int]:
+        """Global sample indices of this process's micro-batch ``micro`` at ``step``."""
+        start = step * self.cfg.batch_size + (micro * self.dist.world + self.dist.rank) * self.micro_batch
+        return list(range(start, start + self.micro_batch))
+
+    def _dataset_index(self, sample: int) -> int:
+        """Dataset item of global sample ``sample``: a fresh permutation per epoch, seeded by
+        (seed, epoch); synthetic datasets whose items are all distinct are read in order."""
+        n = len(self.dataset)
+        if getattr(self.dataset, "infinite", False) or n > 10_000_000:
+            return sample % n
+        epoch, offset = divmod(sample, n)
+        if self._permutation[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+            self._permutation = (epoch, torch.randperm(n, generator=g))
+        return int(self._permutation[1][offset])
+
+    def _batch(self, indices: list[int]) -> dict:
+        items = [self.dataset[self._dataset_index(i)] for i in indices]
+        if self.collate is not None:
+            batch = self.collate(items)
+        else:
+            batch = {"video": torch.stack([it["video"] for it in items]),
+                     "caption": [it.get("caption", "") for it in items]}
+            if "frame_stride" in items[0]:
+                batch["frame_stride"] = torch.tensor([float(it["frame_stride"]) for it in items])
+        batch["video"] = batch["video"].to(self.dist.device, non_blocking=True)
+        return batch
+
+    def _image_step(self, step: int) -> bool:
+        if self.cfg.image_ratio <= 0:
+            return False
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + step)
+        return bool(torch.rand((), generator=g) < self.cfg.image_ratio)
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self) -> dict:
+        cfg, step = self.cfg, self.step
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        image_step = self._image_step(step)
+        total = torch.zeros((), device=self.dist.device)
+        for micro in range(cfg.grad_accum):
+            indices = self._indices(step, micro)
+            draws = SampleDraws(cfg.seed, step, indices, cfg.batch_size)
+            batch = self._batch(indices)
+            sync = micro == cfg.grad_accum - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
+            context = torch.autocast(self.dist.device.type, dtype=torch.bfloat16) \
+                if cfg.precision == "bf16" else _null_context()
+            with (_null_context() if sync else self.model.no_sync()), context:
+                loss, _ = self.model(batch, draws, image_step)
+                (loss / cfg.grad_accum).backward()
+            total += loss.detach() / cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad],
+            cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.objective, self.step)
+        return {"step": self.step, "loss": float(self.dist.mean(total)),
+                "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                "image_step": image_step}
+
+    def fit(self) -> list[dict]:
+        """Train until ``train.steps``; save checkpoints; return the metric history."""
+        cfg = self.cfg
+        if self.dist.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        previous = self._install_signal_handlers()
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
+        try:
+            window_start, window_steps = time.perf_counter(), 0
+            while self.step < cfg.steps:
+                metrics = self.train_step()
+                window_steps += 1
+                self.history.append({"step": metrics["step"], "loss": metrics["loss"]})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - window_start
+                    metrics["steps_per_s"] = window_steps / max(elapsed, 1e-9)
+                    window_start, window_steps = time.perf_counter(), 0
+                    self._log(metrics)
+                stop = self._agreed_stop()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop:
+                    self.save()
+                if stop:
+                    if self.dist.main:
+                        print(f"\nstopped by signal {self._stop_signal} at step {self.step}; "
+                              f"checkpoint saved in {self.out_dir / 'checkpoints'}")
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            self._restore_signal_handlers(previous)
+        return self.history
+
+    # ------------------------------------------------------------------ outputs
+    def _log(self, metrics: dict) -> None:
+        if not self.dist.main:
+            return
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def model_state(self) -> dict:
+        return {k: v for k, v in self.objective.state_dict().items() if _trainable_key(self.objective, k)}
+
+    def ema_state(self) -> Optional[dict]:
+        if self.ema is None:
+            return None
+        full = self.ema.state_dict(self.objective)
+        return {k: v for k, v in full.items() if _trainable_key(self.objective, k)}
+
+    def save(self) -> Optional[Path]:
+        """Write ``checkpoints/step_NNNNNNN`` atomically (rank 0 only) and prune old ones."""
+        model_state, ema_state = self.model_state(), self.ema_state()   # all ranks (FSDP gathers)
+        path = None
+        if self.dist.main:
+            trainer_state = {"optimizer": self.optimizer.state_dict(),
+                             "scheduler": self.scheduler.state_dict(), "step": self.step,
+                             "torch_rng": torch.get_rng_state(), "history": self.history}
+            config = {**self.checkpoint_config, "step": self.step}
+            path = save_checkpoint(self.out_dir / "checkpoints" / f"step_{self.step:07d}", config,
+                                   model_state, ema_state, trainer_state, self.save_extra)
+            prune_checkpoints(self.out_dir, self.cfg.keep_last)
+        self.dist.barrier()
+        return path
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self._stop_signal = signum
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+    def _restore_signal_handlers(self, previous) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    def _agreed_stop(self) -> bool:
+        flag = torch.tensor(float(self._stop_signal is not None))
+        if self.dist.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag > 0)
+
+
+def _trainable_key(module: nn.Module, key: str) -> bool:
+    """True for parameters that train and for buffers of trainable submodules."""
+    params = dict(module.named_parameters())
+    if key in params:
+        return params[key].requires_grad
+    return not key.startswith("text_encoder.") or getattr(module, "text_encoder", None) is None \
+        or getattr(module.text_encoder, "trainable", True)
+
+
+class _null_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
