@@ -1,9 +1,14 @@
 """vidiff: video diffusion models in PyTorch."""
 from vidiff.conditioning import Conditioning
-try:  # written next; keeps the package importable meanwhile
-    from vidiff.video import Video
-except ImportError:  # pragma: no cover
-    Video = None
+from vidiff.video import Video
 
 __version__ = "0.1.0"
-__all__ = ["Conditioning", "Video", "__version__"]
+
+
+def load(path, device=None, ema: bool = True, text_encoder_path=None):
+    """Load a trained model (checkpoint or run directory) as a ``VideoPipeline``."""
+    from vidiff.pipelines.video import load as _load
+    return _load(path, device=device, ema=ema, text_encoder_path=text_encoder_path)
+
+
+__all__ = ["Conditioning", "Video", "load", "__version__"]
