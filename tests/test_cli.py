@@ -46,3 +46,17 @@ def test_bad_input_is_one_clear_line(capsys):
     assert "unknown sampler 'dpm'" in err and "dpmpp_2m" in err and "Traceback" not in err
     assert main(["schedule", "cosin"]) == 2
     assert "unknown schedule 'cosin'" in capsys.readouterr().err
+
+
+def test_convert_writes_the_requested_container(tmp_path, capsys):
+    import numpy as np
+    from vidiff.video import Video
+    frames = np.zeros((6, 16, 20, 3), np.uint8)
+    frames[:, 4:8, 4:8] = 255
+    Video(frames, fps=10).save(tmp_path / "in.mp4")
+    assert main(["convert", str(tmp_path / "in.mp4"), "--out", str(tmp_path / "out"), "--frames", "4",
+                 "--fps", "5"]) == 0
+    back = Video.load(tmp_path / "out")
+    assert back.num_frames == 4 and back.fps == 5.0 and (back.height, back.width) == (16, 20)
+    assert main(["convert", str(tmp_path / "in.mp4"), "--out", str(tmp_path / "x.avi")]) == 2
+    assert "unknown extension '.avi'" in capsys.readouterr().err
