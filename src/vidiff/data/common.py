@@ -1,0 +1,153 @@
+"""What every dataset shares: the item format, per-item random generators, resizing.
+
+Every dataset is map-style and returns items of one format::
+
+    {"video": FloatTensor (3, T, H, W) in [-1, 1], "caption": str,
+     "frame_stride": float, "index": int, ...dataset-specific metadata}
+
+Item ``i`` depends only on ``(seed, i)``: each item draws from its own
+``numpy.random.Generator(PCG64([seed, i]))``, so a clip is the same whatever the worker count,
+the access order or the process that reads it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from vidiff.video import Video
+
+logger = logging.getLogger("vidiff.data")
+
+# The virtual length of an "infinite" dataset: any index below it is a fresh clip.
+INFINITE = 2**31 - 1
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be built or read; the message names the file or value at fault."""
+
+
+def item_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of item ``index``; ``stream`` separates independent draws of one item
+    (stream 0: the clip itself, stream 1: its bucket)."""
+    key = [int(seed), int(index)] if stream == 0 else [int(seed), int(index), int(stream)]
+    return np.random.Generator(np.random.PCG64(key))
+
+
+def check_buckets(buckets: Optional[Sequence[Sequence[int]]]) -> list[tuple[int, int, int]]:
+    """Validate a list of ``(frames, height, width)`` buckets; returns tuples."""
+    out = []
+    for b in buckets or []:
+        if len(b) != 3 or any(int(v) != v or v < 1 for v in b):
+            raise DatasetError(f"a bucket is [frames, height, width] of positive integers, got {list(b)}")
+        out.append((int(b[0]), int(b[1]), int(b[2])))
+    return out
+
+
+def resize_crop(x: torch.Tensor, height: int, width: int, crop: str = "center",
+                rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+    """Scale ``(T, C, H, W)`` so it covers ``height x width`` (antialiased bilinear), then crop.
+
+    ``crop`` is ``"center"`` or ``"random"`` (offsets drawn from ``rng``).
+    """
+    T, C, H, W = x.shape
+    scale = max(height / H, width / W)
+    new_h, new_w = max(height, round(H * scale)), max(width, round(W * scale))
+    if (new_h, new_w) != (H, W):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                          antialias=scale < 1)
+    if crop == "random" and rng is not None:
+        top = int(rng.integers(0, new_h - height + 1))
+        left = int(rng.integers(0, new_w - width + 1))
+    else:
+        top, left = (new_h - height) // 2, (new_w - width) // 2
+    return x[:, :, top:top + height, left:left + width]
+
+
+class SyntheticDataset(Dataset):
+    """Base of the procedurally generated datasets: infinite or ``length`` items, optional buckets.
+
+    Subclasses implement ``_make(rng, frames, height, width) -> dict`` (at least ``frames``
+    as ``uint8 (T, H, W, 3)`` and ``caption``) and ``captions()``.
+    """
+
+    min_frames = 1
+
+    def __init__(self, frames: int = 16, size: int = 32, seed: int = 0,
+                 length: Optional[int] = None, buckets=None, fps: float = 8.0):
+        if frames < self.min_frames:
+            raise DatasetError(f"{type(self).__name__} needs frames >= {self.min_frames}, got {frames}")
+        if size < 4:
+            raise DatasetError(f"{type(self).__name__} needs size >= 4, got {size}")
+        if seed < 0:
+            raise DatasetError(f"seed must be >= 0, got {seed}")
+        if length is not None and length < 1:
+            raise DatasetError(f"length must be >= 1 (or None for infinite), got {length}")
+        if fps <= 0:
+            raise DatasetError(f"fps must be > 0, got {fps}")
+        self.frames, self.size, self.seed, self.length = int(frames), int(size), int(seed), length
+        self.fps = float(fps)
+        self.buckets = check_buckets(buckets)
+        for b in self.buckets:
+            if b[0] < self.min_frames or min(b[1:]) < 4:
+                raise DatasetError(f"{type(self).__name__}: bucket {list(b)} needs frames >= "
+                                   f"{self.min_frames} and sides >= 4")
+
+    @property
+    def infinite(self) -> bool:
+        return self.length is None
+
+    def __len__(self) -> int:
+        return INFINITE if self.length is None else self.length
+
+    def _check_index(self, index) -> int:
+        if isinstance(index, torch.Tensor):
+            index = index.item()
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
+        return index
+
+    def item_shape(self, index: int) -> tuple[int, int, int]:
+        """``(frames, height, width)`` of item ``index`` (drawn among the buckets, when set)."""
+        if not self.buckets:
+            return self.frames, self.size, self.size
+        k = int(item_rng(self.seed, index, stream=1).integers(len(self.buckets)))
+        return self.buckets[k]
+
+    def __getitem__(self, index) -> dict:
+        index = self._check_index(index)
+        T, H, W = self.item_shape(index)
+        item = self._make(item_rng(self.seed, index), T, H, W)
+        frames = item.pop("frames")
+        return {"video": Video(frames, self.fps).to_tensor(), "caption": item.pop("caption"),
+                "frame_stride": 1.0, "index": index, **item}
+
+    def _make(self, rng: np.random.Generator, frames: int, height: int, width: int) -> dict:
+        raise NotImplementedError
+
+    def captions(self) -> list[str]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        n = "infinite" if self.infinite else str(self.length)
+        return f"{type(self).__name__}(frames={self.frames}, size={self.size}, seed={self.seed}, length={n})"
+
+
+def reflect(x: np.ndarray, limit: float) -> np.ndarray:
+    """Positions bouncing between 0 and ``limit``: the triangle wave of an unbounded path."""
+    if limit <= 0:
+        return np.zeros_like(x)
+    m = np.mod(x, 2 * limit)
+    return np.where(m <= limit, m, 2 * limit - m)
+
+
+def geometric(a: float, b: float, frames: int) -> np.ndarray:
+    """``frames`` values from ``a`` to ``b`` at a constant ratio (a constant zoom rate)."""
+    if frames == 1:
+        return np.array([a], dtype=np.float64)
+    return a * (b / a) ** (np.arange(frames) / (frames - 1))
