@@ -1,59 +1,83 @@
 """``Video``: the boundary type for clips going in and out of vidiff.
 
-Inside the library a clip is a float tensor ``(C, T, H, W)`` in ``[-1, 1]``; at the boundary it
-is a :class:`Video` of ``uint8 (T, H, W, 3)`` frames and a frame rate, read and written with
-PyAV (H.264 mp4, VP9 webm, any format FFmpeg decodes) and Pillow (GIF, PNG frames).
-Every write goes to a temporary name first and is renamed into place, so an interrupted save
-never leaves a truncated file where a complete one is expected.
+Inside the library a clip is a float tensor ``(C=3, T, H, W)`` in ``[-1, 1]``; at the boundary it
+is a :class:`Video`: ``uint8 (T, H, W, 3)`` RGB frames plus a frame rate. All reading and writing
+goes through PyAV: H.264 ``.mp4``, VP9 ``.webm``, ``.gif`` and folders of PNG frames out; anything
+FFmpeg decodes (and folders of PNG/JPEG frames) in. Saves are atomic: the data is written under a
+temporary name in the destination's directory and renamed into place, so a failed or interrupted
+save never leaves a truncated file where a complete one is expected.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import re
+import secrets
 import shutil
-import tempfile
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
+import av
 import numpy as np
 import torch
+from av.video.reformatter import Interpolation
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-_FRAME_PATTERN = "frame_{:05d}.png"
+SAVE_EXTENSIONS = (".mp4", ".webm", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # as in vidiff.data.videoio
+DEFAULT_FPS = 8.0
+CRF = {"libx264": 15, "libvpx-vp9": 20, "libvpx": 4}  # constant-quality factors: lower is better
+_CODECS = {".mp4": ("libx264",), ".webm": ("libvpx-vp9", "libvpx")}  # first available wins
+_FRAME_NAME = "frame_{:05d}.png"
+_SIZE_TAG = re.compile(r"vidiff:size=(\d+)x(\d+)")  # true W x H of an mp4 padded to even size
+PathLike = Union[str, os.PathLike]
+# RGB <-> YUV 4:2:0 conversions: area filter and full chroma interpolation (swscale's default
+# takes the nearest chroma sample: about 5x the error on smooth gradients)
+_SWS = (Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+        | Interpolation.FULL_CHR_H_INP)
 
 
+def _sibling(path: Path) -> Path:
+    """An unused hidden name beside ``path`` (not ``tempfile``: its files are private, 0600)."""
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
+def _to_av_frame(rgb: np.ndarray) -> av.VideoFrame:
+    """One ``uint8 (H, W, 3)`` RGB array as a PyAV frame (a function so tests can break it)."""
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24")
+
+
+@dataclass(eq=False, repr=False)
 class Video:
     """A clip of RGB frames.
 
     Attributes:
-        frames: ``uint8`` array ``(T, H, W, 3)``.
-        fps: frames per second (float > 0).
+        frames: ``uint8`` array ``(T, H, W, 3)``: T frames of H rows by W columns, RGB order.
+        fps: frames per second (a finite number > 0; default 8).
     """
 
-    def __init__(self, frames: np.ndarray, fps: float = 8.0):
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8:
-            raise ValueError(f"Video frames must be uint8, got {frames.dtype}; "
+    frames: np.ndarray
+    fps: float = DEFAULT_FPS
+
+    def __post_init__(self):
+        frames = self.frames
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+            kind = frames.dtype if isinstance(frames, np.ndarray) else type(frames).__name__
+            raise ValueError(f"Video frames must be a uint8 numpy array, got {kind}; "
                              "use Video.from_tensor for float data in [-1, 1]")
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-            raise ValueError(f"Video frames must have shape (T >= 1, H, W, 3), got {frames.shape}")
-        if not (isinstance(fps, (int, float, Fraction)) and fps > 0):
-            raise ValueError(f"fps must be a number > 0, got {fps!r}")
-        self.frames, self.fps = np.ascontiguousarray(frames), float(fps)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+            raise ValueError(f"Video frames must have shape (T, H, W, 3) with T, H, W >= 1, "
+                             f"got {frames.shape}")
+        if not (isinstance(self.fps, numbers.Real) and math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"Video fps must be a finite number > 0, got {self.fps!r}")
+        self.frames, self.fps = np.ascontiguousarray(frames), float(self.fps)
 
     # ------------------------------------------------------------------ shape
-    @property
-    def num_frames(self) -> int:
-        return self.frames.shape[0]
-
-    @property
-    def height(self) -> int:
-        return self.frames.shape[1]
-
-    @property
-    def width(self) -> int:
-        return self.frames.shape[2]
+    num_frames = property(lambda self: self.frames.shape[0], doc="T: the number of frames.")
+    height = property(lambda self: self.frames.shape[1], doc="H: frame height in pixels.")
+    width = property(lambda self: self.frames.shape[2], doc="W: frame width in pixels.")
 
     def __len__(self) -> int:
         return self.num_frames
@@ -63,65 +87,77 @@ class Video:
 
     # ------------------------------------------------------------------ tensors
     def to_tensor(self) -> torch.Tensor:
-        """``(3, T, H, W)`` float32 in ``[-1, 1]`` (``pixel / 127.5 - 1``)."""
-        x = torch.from_numpy(self.frames).permute(3, 0, 1, 2).float()
-        return x / 127.5 - 1.0
+        """The library layout: float32 ``(3, T, H, W)`` in ``[-1, 1]``, ``pixel / 127.5 - 1``."""
+        return torch.from_numpy(self.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
     @classmethod
-    def from_tensor(cls, x: torch.Tensor, fps: float = 8.0) -> "Video":
-        """From ``(3, T, H, W)`` (or a batch of one ``(1, 3, T, H, W)``) float in ``[-1, 1]``;
-        values are clamped and rounded to the nearest 8-bit level."""
+    def from_tensor(cls, x: torch.Tensor, fps: float = DEFAULT_FPS) -> "Video":
+        """From a float tensor ``(3, T, H, W)`` (or a batch of one, ``(1, 3, T, H, W)``) in
+        ``[-1, 1]``: values are clamped to the range and rounded to the nearest 8-bit level, so
+        ``Video.from_tensor(v.to_tensor())`` gives back ``v``'s frames exactly."""
+        x = torch.as_tensor(x)
         if x.ndim == 5 and x.shape[0] == 1:
             x = x[0]
         if x.ndim != 4 or x.shape[0] != 3:
-            raise ValueError(f"expected a (3, T, H, W) tensor, got shape {tuple(x.shape)}")
-        pixels = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return cls(pixels.permute(1, 2, 3, 0).numpy(), fps)
+            raise ValueError(f"Video.from_tensor expects (3, T, H, W) or (1, 3, T, H, W), "
+                             f"got shape {tuple(x.shape)}")
+        x = x.detach().float().cpu()
+        if torch.isnan(x).any():
+            raise ValueError("Video.from_tensor got a tensor containing NaN")
+        pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return cls(pixels.permute(1, 2, 3, 0).contiguous().numpy(), fps)
 
     @staticmethod
     def grid(videos: Sequence["Video"], cols: int = 4, gutter: int = 2) -> "Video":
-        """Tile same-size videos into one, row-major, with a black ``gutter`` in pixels.
-        Shorter clips hold their last frame."""
+        """Tile same-size videos row-major into one, ``cols`` per row, separated by a black
+        ``gutter`` (pixels). Clips shorter than the longest hold their last frame; the result
+        takes the first video's fps. Empty cells of the last row stay black."""
         if not videos:
             raise ValueError("Video.grid needs at least one video")
         h, w = videos[0].height, videos[0].width
-        if any((v.height, v.width) != (h, w) for v in videos):
-            raise ValueError("Video.grid needs videos of one size, got "
-                             f"{sorted({(v.height, v.width) for v in videos})}")
-        cols = max(1, min(cols, len(videos)))
+        sizes = sorted({(v.height, v.width) for v in videos})
+        if len(sizes) > 1:
+            raise ValueError(f"Video.grid needs videos of one size (H, W), got {sizes}")
+        cols = max(1, min(int(cols), len(videos)))
         rows = -(-len(videos) // cols)
         T = max(v.num_frames for v in videos)
-        canvas = np.zeros((T, rows * h + (rows - 1) * gutter, cols * w + (cols - 1) * gutter, 3), np.uint8)
+        out = np.zeros((T, rows * (h + gutter) - gutter, cols * (w + gutter) - gutter, 3), np.uint8)
         for i, v in enumerate(videos):
-            r, c = divmod(i, cols)
-            frames = v.frames[np.minimum(np.arange(T), v.num_frames - 1)]
-            canvas[:, r * (h + gutter):r * (h + gutter) + h, c * (w + gutter):c * (w + gutter) + w] = frames
-        return Video(canvas, videos[0].fps)
+            top, left = (i // cols) * (h + gutter), (i % cols) * (w + gutter)
+            out[:, top:top + h, left:left + w] = v.frames[np.minimum(np.arange(T), v.num_frames - 1)]
+        return Video(out, videos[0].fps)
 
     # ------------------------------------------------------------------ writing
-    def save(self, path: Union[str, Path], quality: int = 12) -> Path:
-        """Write to ``path``; the extension picks the container.
+    def save(self, path: PathLike, crf: Optional[int] = None) -> Path:
+        """Write the clip to ``path``; the extension picks the format. Returns the path written.
 
-        ``.mp4``: H.264, yuv420p (yuv444p when a side is odd, which 4:2:0 cannot hold);
-        ``.webm``: VP9 yuv420p; ``.gif``: an adaptive palette per frame; a path with no
-        extension (or ending in ``/``): a folder of ``frame_00000.png``… plus ``fps.txt``.
-        ``quality`` is the codecs' constant rate factor (lower is better; 0 is lossless H.264).
+        * ``.mp4``: H.264 (libx264, yuv420p, BT.709, crf 15). 4:2:0 needs even sides, so an odd
+          height/width is padded by repeating the last row/column; the true size is stored in
+          the file's comment tag and :meth:`load` crops back to it (other players show the pad).
+        * ``.webm``: VP9 (libvpx-vp9, yuv420p, crf 20), or VP8 where this PyAV lacks VP9.
+        * ``.gif``: one 256-colour palette per frame (FFmpeg palettegen/paletteuse, ordered
+          dithering); the frame delay is ``1/fps`` rounded to GIF's 10 ms steps (at least 20 ms).
+        * no extension, or a trailing ``/``: a folder of ``frame_00000.png``, ... (lossless) and
+          ``fps.txt``. An existing folder is replaced only if it holds nothing but such files.
+
+        ``crf`` overrides the codec's constant-quality factor (lower is better; 0 is lossless
+        for H.264 up to the colour conversion).
         """
-        path = Path(path)
-        ext = path.suffix.lower()
-        if str(path).endswith(("/", os.sep)) or ext == "":
+        text = os.fspath(path)
+        path = Path(text)
+        if text.endswith(("/", os.sep)) or path.suffix == "":
             return self._save_png_folder(path)
-        if ext not in VIDEO_EXTENSIONS:
-            raise ValueError(f"cannot write {str(path)!r}: unknown extension {ext!r}; accepted: "
-                             f"{', '.join(VIDEO_EXTENSIONS)} or a folder path (PNG frames)")
+        ext = path.suffix.lower()
+        if ext not in SAVE_EXTENSIONS:
+            raise ValueError(f"cannot save {text!r}: unknown extension {ext!r}; accepted: "
+                             f"{', '.join(SAVE_EXTENSIONS)}, or a folder path (no extension) for PNGs")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=ext, dir=path.parent)
-        os.close(fd)
+        tmp = str(_sibling(path))
         try:
             if ext == ".gif":
                 self._write_gif(tmp)
             else:
-                self._write_av(tmp, ext, quality)
+                self._write_video(tmp, ext, crf)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -129,105 +165,159 @@ class Video:
             raise
         return path
 
-    def _write_av(self, path: str, ext: str, quality: int) -> None:
-        import av
+    def _write_video(self, tmp: str, ext: str, crf: Optional[int]) -> None:
+        codec = next((c for c in _CODECS[ext] if c in av.codecs_available), None)
+        if codec is None:
+            raise ValueError(f"cannot write {ext}: this PyAV build has none of {_CODECS[ext]}")
+        crf = CRF[codec] if crf is None else int(crf)
+        # chroma sited at the centre of each 2x2 block, as swscale subsamples it (H.264 decoders
+        # otherwise assume left siting and shift chroma by half a pixel)
+        options = {"crf": str(crf), "chroma_sample_location": "center",
+                   **{"libx264": {"preset": "medium"},
+                      "libvpx-vp9": {"b": "0", "row-mt": "1", "cpu-used": "2"},
+                      "libvpx": {"b": "20M"}}[codec]}  # VP8's crf needs a bitrate cap
+        frames, h, w = self.frames, self.height, self.width
+        if codec == "libx264" and (h % 2 or w % 2):
+            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        rate = Fraction(self.fps).limit_denominator(1001)
+        faststart = {"movflags": "+faststart"} if ext == ".mp4" else {}  # index first, for the web
+        with av.open(tmp, "w", format=ext[1:], options=faststart) as out:
+            out.metadata["comment"] = f"vidiff:size={w}x{h}"
+            stream = out.add_stream(codec, rate=rate, options=options)
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            stream.time_base = 1 / rate
+            # BT.709 (VP8 can only signal BT.601), limited range, tagged so that players agree
+            space, tag = ("ITU601", 5) if codec == "libvpx" else ("ITU709", 1)
+            cc = stream.codec_context  # AVCOL_* codes: 1 = BT.709, 5 = BT.470BG (a BT.601)
+            cc.colorspace = cc.color_primaries = tag
+            cc.color_trc = cc.color_range = 1  # BT.709 transfer (BT.601's is the same); MPEG range
+            for i, rgb in enumerate(frames):
+                frame = _to_av_frame(rgb).reformat(format="yuv420p", dst_colorspace=space,
+                                                   dst_color_range="MPEG", interpolation=_SWS)
+                frame.pts = i
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
 
-        odd = self.height % 2 or self.width % 2
-        codec, options = ("libx264", {"crf": str(quality), "preset": "medium"}) if ext == ".mp4" else \
-            ("libvpx-vp9", {"crf": str(quality + 10), "b": "0", "row-mt": "1"})
-        pix_fmt = "yuv444p" if (odd and ext == ".mp4") else "yuv420p"
-        with av.open(path, "w", format="mp4" if ext == ".mp4" else "webm") as container:
-            stream = container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001),
-                                          options=options)
-            stream.width, stream.height, stream.pix_fmt = self.width, self.height, pix_fmt
-            for frame in self.frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+    def _write_gif(self, tmp: str) -> None:
+        delay = max(2, round(100 / self.fps))  # centiseconds; browsers treat < 2 as 10
+        with av.open(tmp, "w", format="gif") as out:
+            stream = out.add_stream("gif", rate=Fraction(100, delay))
+            stream.width, stream.height, stream.pix_fmt = self.width, self.height, "pal8"
+            stream.time_base = Fraction(1, 100)
+            for i, frame in enumerate(self._palettized()):
+                frame.pts, frame.time_base = i * delay, Fraction(1, 100)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
 
-    def _write_gif(self, path: str) -> None:
-        from PIL import Image
-
-        images = [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=0)
-                  for f in self.frames]
-        duration = max(20, round(1000 / self.fps / 10) * 10)  # GIF delays are in 10 ms units
-        images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration,
-                       loop=0, disposal=1, optimize=False)
+    def _palettized(self) -> Iterator[av.VideoFrame]:
+        """The frames as ``pal8``, each with its own 256-colour palette (FFmpeg filters)."""
+        graph = av.filter.Graph()
+        src = graph.add_buffer(width=self.width, height=self.height, format="rgb24",
+                               time_base=Fraction(1, 100))
+        split, sink = graph.add("split"), graph.add("buffersink")
+        gen = graph.add("palettegen", "stats_mode=single:reserve_transparent=0")
+        use = graph.add("paletteuse", "dither=bayer:bayer_scale=3:new=1")
+        src.link_to(split)
+        split.link_to(use, 0, 0)
+        split.link_to(gen, 1, 0)
+        gen.link_to(use, 0, 1)
+        use.link_to(sink)
+        graph.configure()
+        for i, rgb in enumerate([*self.frames, None]):
+            frame = None if rgb is None else _to_av_frame(rgb)
+            if frame is not None:
+                frame.pts, frame.time_base = i, Fraction(1, 100)
+            graph.push(frame)
+            while True:
+                try:
+                    yield graph.pull()
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    break
 
     def _save_png_folder(self, path: Path) -> Path:
-        from PIL import Image
-
-        path = Path(str(path).rstrip("/" + os.sep))
-        if path.exists() and (not path.is_dir() or any(
-                not (p.name.startswith("frame_") and p.suffix == ".png") and p.name != "fps.txt"
+        if path.exists() and not (path.is_dir() and all(
+                (p.name.startswith("frame_") and p.suffix == ".png") or p.name == "fps.txt"
                 for p in path.iterdir())):
-            raise ValueError(f"refusing to replace {str(path)!r}: it is not a folder of vidiff frames")
+            raise ValueError(f"refusing to replace {str(path)!r}: only a folder holding nothing but "
+                             "frame_*.png (and fps.txt) files is replaced")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+        tmp, old = _sibling(path), None
+        tmp.mkdir()
         try:
-            for i, frame in enumerate(self.frames):
-                Image.fromarray(frame).save(tmp / _FRAME_PATTERN.format(i), format="PNG")
+            encoder = av.CodecContext.create("png", "w")
+            encoder.width, encoder.height, encoder.pix_fmt = self.width, self.height, "rgb24"
+            for i, rgb in enumerate(self.frames):
+                data = b"".join(bytes(p) for p in encoder.encode(_to_av_frame(rgb)))
+                (tmp / _FRAME_NAME.format(i)).write_bytes(data)
             (tmp / "fps.txt").write_text(f"{self.fps!r}\n")
-            if path.exists():
-                shutil.rmtree(path)
+            if path.exists():  # a folder can't replace a non-empty one: move the old one aside
+                old = _sibling(path)
+                os.replace(path, old)
             os.replace(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not path.exists():
+                os.replace(old, path)
             raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return path
 
     # ------------------------------------------------------------------ reading
     @classmethod
-    def load(cls, path: Union[str, Path], max_frames: Optional[int] = None) -> "Video":
-        """Read a video file (anything PyAV decodes) or a folder of image frames (sorted by name).
+    def load(cls, path: PathLike, max_frames: Optional[int] = None) -> "Video":
+        """Read a video file (anything PyAV decodes: mp4, webm, gif, mov, avi, ...) or a folder
+        of image frames (PNG, JPEG, BMP, WebP, in name order) as RGB ``uint8``. Only the first
+        video stream is read; ``max_frames`` stops decoding after that many frames.
 
-        The frame rate comes from the stream (8 if it declares none) or, for a folder, from
-        its ``fps.txt`` (8 if absent). ``max_frames`` stops decoding early.
+        fps comes from the stream's average (else guessed) rate, 8 if it has neither; for a
+        folder from its ``fps.txt`` (written by :meth:`save`), else 8.
         """
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"video {str(path)!r} does not exist")
+            raise FileNotFoundError(f"no video at {str(path)!r}")
         if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+            raise ValueError(f"max_frames must be >= 1 or None, got {max_frames!r}")
         if path.is_dir():
-            return cls._load_folder(path, max_frames)
-        import av
-
-        try:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise ValueError(f"{str(path)!r} has no video stream")
-                stream = container.streams.video[0]
-                rate = stream.average_rate or stream.guessed_rate
-                frames = []
-                for frame in container.decode(stream):
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                    if max_frames is not None and len(frames) >= max_frames:
-                        break
-        except av.error.FFmpegError as e:
-            raise ValueError(f"cannot read video {str(path)!r}: {e}") from None
-        if not frames:
-            raise ValueError(f"video {str(path)!r} has no frames")
-        return cls(np.stack(frames), float(rate) if rate else 8.0)
-
-    @classmethod
-    def _load_folder(cls, path: Path, max_frames: Optional[int]) -> "Video":
-        from PIL import Image
-
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise ValueError(f"folder {str(path)!r} has no image frames ({', '.join(IMAGE_EXTENSIONS)})")
-        files = files[:max_frames] if max_frames else files
-        frames = []
-        for f in files:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise ValueError(f"folder {str(path)!r} has no image frames "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+            frames = [_decode(f, 1)[0][0] for f in files[:max_frames]]
+            fps_file = path / "fps.txt"
             try:
-                with Image.open(f) as im:
-                    frames.append(np.asarray(im.convert("RGB")))
-            except OSError as e:
-                raise ValueError(f"cannot read frame {str(f)!r}: {e}") from None
-        if len({fr.shape for fr in frames}) > 1:
-            raise ValueError(f"frames in {str(path)!r} differ in size: {sorted({fr.shape for fr in frames})}")
-        fps_file = path / "fps.txt"
-        fps = float(fps_file.read_text().strip()) if fps_file.is_file() else 8.0
+                fps = float(fps_file.read_text().strip()) if fps_file.is_file() else DEFAULT_FPS
+            except ValueError:
+                raise ValueError(f"{str(fps_file)!r} does not hold a frame rate") from None
+        else:
+            frames, fps = _decode(path, max_frames)
+        shapes = sorted({f.shape for f in frames})
+        if len(shapes) > 1:
+            raise ValueError(f"frames of {str(path)!r} differ in size: {shapes}")
         return cls(np.stack(frames), fps)
+
+
+def _decode(path: Path, max_frames: Optional[int]) -> tuple[list, float]:
+    """Decoded RGB frames (at most ``max_frames``) of ``path``'s first video stream, and its fps."""
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{str(path)!r} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            tags = {k.lower(): v for k, v in container.metadata.items()}
+            size = _SIZE_TAG.fullmatch(tags.get("comment", ""))
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24", interpolation=_SWS,
+                                               src_color_range=frame.color_range or None))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {str(path)!r} as video: {e}") from None
+    if not frames:
+        raise ValueError(f"{str(path)!r} has a video stream but no decodable frames")
+    if size:  # an mp4 that save() padded to even sides: crop back to the stored size
+        w, h = int(size[1]), int(size[2])
+        frames = [f[:h, :w] for f in frames]
+    return frames, float(rate) if rate else DEFAULT_FPS
