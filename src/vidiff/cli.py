@@ -140,8 +140,122 @@ def run_convert(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model from a config (YAML/JSON) with key=value overrides",
+        description="Trains what the config describes. Under torchrun (or with --nproc N) it "
+                    "trains with DistributedDataParallel (or FSDP with train.fsdp=true).")
+    p.add_argument("config", nargs="?", help="YAML or JSON run config (omit with --resume)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=500")
+    p.add_argument("--resume", metavar="DIR", help="continue a run from its checkpoint or run directory")
+    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (launches torchrun)")
+    p.add_argument("--no-samples", action="store_true", help="skip the samples written at the end")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    import os
+    if args.config and "=" in args.config and not os.path.exists(args.config):
+        args.overrides.insert(0, args.config)  # only overrides were given (with --resume)
+        args.config = None
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args.nproc, args.argv)
+    from vidiff.train.config import load_run_config
+    from vidiff.train.run import resume_config, train
+
+    if args.resume:
+        if args.config:
+            raise ValueError(f"--resume takes its config from the checkpoint; give only key=value "
+                             f"overrides, not {args.config!r}")
+        run = resume_config(args.resume, args.overrides)
+    elif args.config:
+        run = load_run_config(args.config, args.overrides)
+    else:
+        raise ValueError("give a CONFIG file, or --resume DIR")
+    trainer = train(run, resume=args.resume, samples=not args.no_samples)
+    if trainer.dist.main:
+        print(f"checkpoints in {os.path.join(run.train.out_dir, 'checkpoints')}")
+    return 0
+
+
+def _launch_torchrun(nproc: int, original: list[str]) -> int:
+    """Re-run this command under torch.distributed.run with ``nproc`` processes."""
+    import subprocess
+    argv, skip = [], False
+    for arg in original:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "vidiff", *argv]
+    return subprocess.call(command)
+
+
+# ----------------------------------------------------------------------------- generate
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="text (or nothing) to video with a trained model",
+                       description="Samples videos from a trained model. Sample k of each prompt "
+                                   "uses seed + k.")
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory")
+    p.add_argument("--prompt", help="the text prompt")
+    p.add_argument("--prompts", metavar="FILE", help="a file with one prompt per line")
+    p.add_argument("--negative-prompt", help="steer away from this text")
+    p.add_argument("--frames", type=int, help="length of the video written (default: training length)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--guidance-rescale", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=1, help="variations per prompt")
+    p.add_argument("--grid", action="store_true", help="write all videos as one grid")
+    p.add_argument("--out", required=True, help="output path; the extension picks the container")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    from pathlib import Path
+    import vidiff
+    from vidiff.video import Video
+
+    if args.prompt is not None and args.prompts is not None:
+        raise ValueError("give --prompt or --prompts, not both")
+    prompts = [args.prompt] if args.prompt is not None else None
+    if args.prompts is not None:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file {args.prompts!r} does not exist")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"prompts file {args.prompts!r} has no prompts")
+    pipe = vidiff.load(args.model, device=args.device)
+    videos = pipe.generate(prompts if prompts is not None else None, num_frames=args.frames,
+                           steps=args.steps, guidance=args.guidance, seed=args.seed,
+                           sampler=args.sampler, negative_prompt=args.negative_prompt,
+                           samples=args.samples, height=args.height, width=args.width,
+                           guidance_rescale=args.guidance_rescale, progress=True)
+    videos = videos if isinstance(videos, list) else [videos]
+    out = Path(args.out)
+    if args.grid or len(videos) == 1:
+        Video.grid(videos, cols=args.samples if len(videos) > 1 else 1).save(out)
+        print(f"wrote {out}")
+    else:
+        for i, video in enumerate(videos):
+            target = out.with_name(f"{out.stem}_{i}{out.suffix}")
+            video.save(target)
+            print(f"wrote {target}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
-COMMANDS = [add_check, add_schedule, add_convert]
+COMMANDS = [add_train, add_generate, add_check, add_schedule, add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may follow options: `train CONFIG --nproc 2 train.steps=5`
+        if getattr(args, "overrides", None) is not None and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = argv
     if not getattr(args, "run", None):
         parser.print_help()
         return 0

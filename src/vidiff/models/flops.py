@@ -44,6 +44,24 @@ def _register_cpu_attention() -> None:
 _register_cpu_attention()
 
 
+def _register_mkldnn_convolution() -> None:
+    # Networks may call oneDNN's convolution directly on CPU (UNet3D does for batch-1 conv3d);
+    # count it as the convolution it is. Its backward is aten.convolution_backward (counted).
+    op = getattr(_aten, "mkldnn_convolution", None)
+    if op is None:
+        return
+    from torch.utils.flop_counter import conv_flop_count
+    try:
+        @register_flop_formula(op)
+        def _fwd(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+            return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+    except RuntimeError:  # already registered
+        pass
+
+
+_register_mkldnn_convolution()
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

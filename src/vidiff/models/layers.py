@@ -67,6 +67,21 @@ def rotary_cos_sin(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[
     return angles.cos(), angles.sin()
 
 
+def rotary_cos_sin_axes(positions: list[Tensor], dims: list[int],
+                        base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """Rotary tables over several position axes at once: ``positions[i] (L,)`` rotates
+    ``dims[i]`` (even) channels; returns cos, sin each ``(L, sum(dims))``.
+
+    ``apply_rotary`` pairs channel ``j`` with ``j + dim/2`` (rotate-half), so both halves of
+    the table list the axes' frequencies in the same order; concatenating whole per-axis
+    tables would pair channels of different axes and the map would not be a rotation.
+    """
+    tables = [rotary_cos_sin(p, d, base) for p, d in zip(positions, dims)]
+    cos = torch.cat([c[:, :d // 2] for (c, _), d in zip(tables, dims)], -1)   # (L, sum/2)
+    sin = torch.cat([s[:, :d // 2] for (_, s), d in zip(tables, dims)], -1)   # (L, sum/2)
+    return torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+
+
 def rotary_cos_sin_3d(frames: int, height: int, width: int, dim: int,
                       device=None, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """3D rotary tables over a (frames, height, width) token grid, flattened in that order.
@@ -78,8 +93,7 @@ def rotary_cos_sin_3d(frames: int, height: int, width: int, dim: int,
     d_t = dim - 2 * d_hw
     grids = torch.meshgrid(torch.arange(frames, device=device), torch.arange(height, device=device),
                            torch.arange(width, device=device), indexing="ij")
-    parts = [rotary_cos_sin(g.reshape(-1), d, base) for g, d in zip(grids, (d_t, d_hw, d_hw))]
-    return torch.cat([p[0] for p in parts], -1), torch.cat([p[1] for p in parts], -1)
+    return rotary_cos_sin_axes([g.reshape(-1) for g in grids], [d_t, d_hw, d_hw], base)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

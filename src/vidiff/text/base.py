@@ -164,16 +164,19 @@ class TextEncoder(nn.Module, abc.ABC):
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ storage
-    def save(self, directory: Union[str, Path]) -> Path:
-        """Write ``config.json`` (and, for the built-in encoder, vocabulary and weights)."""
+    def save(self, directory: Union[str, Path], state: Optional[dict] = None) -> Path:
+        """Write ``config.json`` (and, for the built-in encoder, vocabulary and weights).
+
+        ``state`` replaces the module's own weights (e.g. EMA weights, or weights gathered
+        from shards under FSDP)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": to_dict(self.config)}
         (directory / "config.json").write_text(json.dumps(data, indent=2) + "\n")
-        self._save_files(directory)
+        self._save_files(directory, state)
         return directory
 
-    def _save_files(self, directory: Path) -> None:
+    def _save_files(self, directory: Path, state: Optional[dict] = None) -> None:
         """Files besides config.json; frozen encoders write none (their path is the record)."""
 
     def extra_repr(self) -> str:

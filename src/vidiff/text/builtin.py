@@ -104,9 +104,9 @@ class BuiltinTextEncoder(TextEncoder):
         return x, masked_mean(x, mask)                                     # (B, L, dim), (B, dim)
 
     # ------------------------------------------------------------------ storage
-    def _save_files(self, directory: Path) -> None:
+    def _save_files(self, directory: Path, state: Optional[dict] = None) -> None:
         self.tokenizer.save(directory / "vocab.json")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in (state or self.state_dict()).items()}
         save_file(state, str(directory / "model.safetensors"))
 
     @classmethod

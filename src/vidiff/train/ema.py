@@ -41,4 +41,9 @@ class EMA:
         for name in self.shadow:
             if name not in state:
                 raise KeyError(f"EMA state is missing parameter {name!r}")
-            self.shadow[name] = state[name].detach().float().clone()
+            value = state[name].detach().float().clone()
+            current = self.shadow[name]
+            if hasattr(current, "device_mesh"):  # FSDP: keep this rank's shard of the full tensor
+                from torch.distributed.tensor import distribute_tensor
+                value = distribute_tensor(value.to(current.device), current.device_mesh, current.placements)
+            self.shadow[name] = value

@@ -85,12 +85,16 @@ class Trainer:
         dataset: map-style dataset of item dicts (``video``, ``caption``, ...).
         train: a :class:`~vidiff.train.config.TrainConfig`.
         checkpoint_config: the dict stored as each checkpoint's config.json (what to rebuild).
-        save_extra: ``fn(tmp_dir)`` that adds files to each checkpoint (text encoder vocabulary).
-        on_finish: ``fn(trainer)`` called on rank 0 after the last step (samples, plots).
+        save_extra: ``fn(tmp_dir, weights)`` that adds files to each checkpoint (the text
+            encoder's folder); ``weights`` is the saved state (EMA when kept), unsharded.
+        collate: turns a list of items into a batch (default ``vidiff.data.collate``).
+        progress: draw a progress bar (rank 0).
     """
 
     def __init__(self, objective: nn.Module, dataset, train, checkpoint_config: dict,
                  save_extra=None, collate=None, progress: bool = True):
+        if collate is None:
+            from vidiff.data import collate
         self.dist = Dist()
         self.cfg, self.dataset = train, dataset
         self.collate = collate
@@ -150,9 +154,16 @@ class Trainer:
         """Restore weights, EMA, optimizer, LR schedule, step and RNG from a checkpoint."""
         path = resolve_checkpoint(path)
         raw = read_weights(path, ema=False)
-        self.objective.load_state_dict(raw, strict=False)
         state = read_trainer_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+            options = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(self.objective, raw, options=options)
+            set_optimizer_state_dict(self.objective, self.optimizer, state["optimizer"], options=options)
+        else:
+            self.objective.load_state_dict(raw, strict=False)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
@@ -178,17 +189,29 @@ class Trainer:
             self._permutation = (epoch, torch.randperm(n, generator=g))
         return int(self._permutation[1][offset])
 
-    def _batch(self, indices: list[int]) -> dict:
-        items = [self.dataset[self._dataset_index(i)] for i in indices]
-        if self.collate is not None:
-            batch = self.collate(items)
-        else:
-            batch = {"video": torch.stack([it["video"] for it in items]),
-                     "caption": [it.get("caption", "") for it in items]}
-            if "frame_stride" in items[0]:
-                batch["frame_stride"] = torch.tensor([float(it["frame_stride"]) for it in items])
-        batch["video"] = batch["video"].to(self.dist.device, non_blocking=True)
-        return batch
+    def _batches(self):
+        """Batches in step order from ``self.step`` on, in lockstep with :meth:`_indices`.
+
+        A DataLoader with ``train.num_workers`` worker processes decodes ahead; the sampler
+        it reads is derived from the step counter, so resuming needs no loader state.
+        """
+        from torch.utils.data import DataLoader
+
+        trainer, start = self, self.step
+
+        class StepBatches(torch.utils.data.Sampler):
+            def __iter__(self):
+                for step in range(start, trainer.cfg.steps):
+                    for micro in range(trainer.cfg.grad_accum):
+                        yield [trainer._dataset_index(i) for i in trainer._indices(step, micro)]
+
+            def __len__(self):
+                return max(0, trainer.cfg.steps - start) * trainer.cfg.grad_accum
+
+        workers = self.cfg.num_workers
+        return iter(DataLoader(self.dataset, batch_sampler=StepBatches(), collate_fn=self.collate,
+                               num_workers=workers, persistent_workers=False,
+                               pin_memory=self.dist.device.type == "cuda"))
 
     def _image_step(self, step: int) -> bool:
         if self.cfg.image_ratio <= 0:
@@ -206,7 +229,8 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             indices = self._indices(step, micro)
             draws = SampleDraws(cfg.seed, step, indices, cfg.batch_size)
-            batch = self._batch(indices)
+            batch = next(self._loader)
+            batch["video"] = batch["video"].to(self.dist.device, non_blocking=True)
             sync = micro == cfg.grad_accum - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
             context = torch.autocast(self.dist.device.type, dtype=torch.bfloat16) \
                 if cfg.precision == "bf16" else _null_context()
@@ -226,19 +250,22 @@ class Trainer:
                 "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                 "image_step": image_step}
 
-    def fit(self) -> list[dict]:
-        """Train until ``train.steps``; save checkpoints; return the metric history."""
+    def fit(self, until: Optional[int] = None) -> list[dict]:
+        """Train until ``train.steps`` (or stop early at step ``until``, saving a checkpoint
+        there as an interruption would); return the metric history."""
         cfg = self.cfg
+        until = cfg.steps if until is None else min(until, cfg.steps)
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         previous = self._install_signal_handlers()
+        self._loader = self._batches()
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=cfg.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
         try:
             window_start, window_steps = time.perf_counter(), 0
-            while self.step < cfg.steps:
+            while self.step < until:
                 metrics = self.train_step()
                 window_steps += 1
                 self.history.append({"step": metrics["step"], "loss": metrics["loss"]})
@@ -251,7 +278,7 @@ class Trainer:
                     window_start, window_steps = time.perf_counter(), 0
                     self._log(metrics)
                 stop = self._agreed_stop()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop:
+                if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.steps, until) or stop:
                     self.save()
                 if stop:
                     if self.dist.main:
@@ -271,26 +298,49 @@ class Trainer:
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
 
+    @property
+    def _sharded(self) -> bool:
+        return self.dist.world > 1 and self.cfg.fsdp
+
     def model_state(self) -> dict:
-        return {k: v for k, v in self.objective.state_dict().items() if _trainable_key(self.objective, k)}
+        """Full (unsharded) trainable state on the CPU; under FSDP every rank must call it."""
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            state = get_model_state_dict(self.objective, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True))
+        else:
+            state = self.objective.state_dict()
+        return {k: _full(v) for k, v in state.items() if _trainable_key(self.objective, k)}
+
+    def optimizer_state(self) -> dict:
+        if self._sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+            return get_optimizer_state_dict(self.objective, self.optimizer, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True))
+        return self.optimizer.state_dict()
 
     def ema_state(self) -> Optional[dict]:
         if self.ema is None:
             return None
         full = self.ema.state_dict(self.objective)
-        return {k: v for k, v in full.items() if _trainable_key(self.objective, k)}
+        return {k: _full(v) for k, v in full.items() if _trainable_key(self.objective, k)}
 
     def save(self) -> Optional[Path]:
         """Write ``checkpoints/step_NNNNNNN`` atomically (rank 0 only) and prune old ones."""
-        model_state, ema_state = self.model_state(), self.ema_state()   # all ranks (FSDP gathers)
+        # every rank takes part: FSDP gathers the shards
+        model_state, ema_state, optimizer_state = self.model_state(), self.ema_state(), self.optimizer_state()
         path = None
         if self.dist.main:
-            trainer_state = {"optimizer": self.optimizer.state_dict(),
+            trainer_state = {"optimizer": optimizer_state,
                              "scheduler": self.scheduler.state_dict(), "step": self.step,
                              "torch_rng": torch.get_rng_state(), "history": self.history}
             config = {**self.checkpoint_config, "step": self.step}
+            extra = None
+            if self.save_extra is not None:
+                weights = ema_state if ema_state is not None else model_state
+                extra = lambda tmp: self.save_extra(tmp, weights)  # noqa: E731
             path = save_checkpoint(self.out_dir / "checkpoints" / f"step_{self.step:07d}", config,
-                                   model_state, ema_state, trainer_state, self.save_extra)
+                                   model_state, ema_state, trainer_state, extra)
             prune_checkpoints(self.out_dir, self.cfg.keep_last)
         self.dist.barrier()
         return path
@@ -316,6 +366,13 @@ class Trainer:
         if self.dist.world > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag > 0)
+
+
+def _full(value: torch.Tensor) -> torch.Tensor:
+    """A plain CPU tensor from a (possibly sharded) DTensor."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return value.detach().cpu()
 
 
 def _trainable_key(module: nn.Module, key: str) -> bool:

@@ -1,0 +1,216 @@
+"""Denoiser speed: vidiff's UNet3D against diffusers' UNet3DConditionModel at matched FLOPs.
+
+Measures this machine's matmul peak, then times, in one process:
+
+1. the forward pass (``torch.no_grad``) at a matched configuration: latent input
+   ``(1, 4, 16, 32, 32)``, channels ``(64, 128, 256, 256)``, two residual blocks per level, 16
+   text tokens of width 256, spatial/cross/temporal attention at levels 0-2 and in the middle;
+2. a training step (forward + backward) of the CPU-demo size ``unet-demo`` at
+   ``(8, 3, 16, 32, 32)`` against a diffusers model of matched FLOPs.
+
+FLOPs come from ``vidiff.models.flops.count_flops`` (attention included) for both models; a
+pair whose FLOPs differ by more than 10% is reported as a failed match. Times are the median
+of ``--runs`` runs after ``--warmup`` runs. The last line is the headline::
+
+    headline: vidiff/diffusers throughput ratio X.XX (time ratio Y.YY)
+
+Usage::
+
+    python benchmarks/denoiser_speed.py                                  # CPU, float32
+    python benchmarks/denoiser_speed.py --device cuda --dtype bfloat16   # MFU on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from vidiff.conditioning import Conditioning
+from vidiff.models.flops import count_flops
+from vidiff.models.unet import UNET_MODELS, UNet3D, UNetConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# The forward comparison. diffusers' blocks are heavier per level (a ResNet block plus four
+# (3,1,1) temporal convs, GEGLU MLPs, in/out projections, two temporal attentions), so vidiff
+# matches its FLOPs with full 3D convs and an MLP ratio of 2 (see docs/benchmarks.md).
+FORWARD_VIDIFF = UNetConfig(in_channels=4, channels=(64, 128, 256, 256), blocks_per_level=2,
+                            spatial_attention=(0, 1, 2), cross_attention=(0, 1, 2),
+                            temporal_attention=(0, 1, 2), text_dim=256, conv3d=True, ff_mult=2.0)
+FORWARD_DIFFUSERS = dict(in_channels=4, channels=(64, 128, 256, 256), layers=2, cross_levels=(0, 1, 2),
+                         groups=32)
+# The training comparison: unet-demo, and the diffusers layout closest to it in FLOPs.
+TRAIN_VIDIFF = dataclasses.replace(UNET_MODELS["unet-demo"], text_dim=256)
+TRAIN_DIFFUSERS = dict(in_channels=3, channels=(32, 48, 96), layers=1, cross_levels=(2,), groups=16)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory inside the process (glibc malloc), for both models alike.
+
+    By default glibc returns every large block to the kernel when it is freed, so each
+    training step page-faults its activations back in (about 2.4 GB of fresh pages and up to
+    a second of system time per demo step on this machine); raising the mmap and trim
+    thresholds reuses the memory, as jemalloc or tcmalloc would.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
+    """Best of 5 square matmuls, in FLOP/s (2048 on CPU; 8192 saturates a GPU)."""
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best, n
+
+
+def median_time(fn: Callable[[], object], device: torch.device, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def diffusers_unet(in_channels, channels, layers, cross_levels, groups):
+    from diffusers import UNet3DConditionModel
+    levels = range(len(channels))
+    return UNet3DConditionModel(
+        sample_size=32, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=tuple(channels), layers_per_block=layers, norm_num_groups=groups,
+        down_block_types=tuple("CrossAttnDownBlock3D" if i in cross_levels else "DownBlock3D" for i in levels),
+        up_block_types=tuple("CrossAttnUpBlock3D" if i in cross_levels else "UpBlock3D" for i in reversed(levels)),
+        cross_attention_dim=256, attention_head_dim=8)  # attention_head_dim is the head count
+
+
+def inputs(shape, device, dtype):
+    """Shared inputs: x, diffusion time t in [0, 1], 16 text tokens of width 256."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(device, dtype)
+    text = torch.randn(shape[0], 16, 256, generator=g).to(device, dtype)
+    return x, torch.full((shape[0],), 0.5, device=device), text
+
+
+def vidiff_runner(cfg: UNetConfig, shape, train: bool, device, dtype):
+    x, t, text = inputs(shape, device, dtype)
+    model = UNet3D(cfg).to(device)
+    model = model.to(dtype).train(train) if dtype != torch.float32 else model.train(train)
+    cond = Conditioning(text=text)
+    return model, lambda: model(x, t, cond)
+
+
+def diffusers_runner(kw: dict, shape, train: bool, device, dtype):
+    x, t, text = inputs(shape, device, dtype)
+    model = diffusers_unet(**kw).to(device)
+    model = model.to(dtype).train(train) if dtype != torch.float32 else model.train(train)
+    steps = (t * 1000).long()                      # diffusers counts time in integer steps
+    return model, lambda: model(x, steps, text).sample
+
+
+def measure(model, call, train: bool, device, runs: int, warmup: int) -> tuple[float, int]:
+    """(seconds, FLOPs) of one forward (no_grad) or one forward + backward."""
+    if train:
+        def step():
+            model.zero_grad(set_to_none=True)
+            call().float().square().mean().backward()
+        flops = count_flops(call, backward=True)
+        return median_time(step, device, runs, warmup), flops
+    with torch.no_grad():
+        flops = count_flops(call)
+        return median_time(call, device, runs, warmup), flops
+
+
+def report(title: str, rows: list[tuple[str, float, int]], peak: float) -> None:
+    print(f"\n== {title}")
+    print(f"{'model':52s} {'ms':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'% peak':>7s}")
+    for name, seconds, flops in rows:
+        rate = flops / seconds
+        print(f"{name:52s} {seconds * 1e3:9.1f} {flops / 1e9:8.1f} {rate / 1e9:8.1f} {100 * rate / peak:6.1f}%")
+
+
+def compare(title, vidiff_cfg, diffusers_kw, shape, train, args, device, dtype, peak,
+            extra: dict | None = None) -> tuple[float, float]:
+    rows = []
+    for name, (model, call) in (("vidiff UNet3D", vidiff_runner(vidiff_cfg, shape, train, device, dtype)),
+                                ("diffusers UNet3DConditionModel",
+                                 diffusers_runner(diffusers_kw, shape, train, device, dtype))):
+        seconds, flops = measure(model, call, train, device, args.runs, args.warmup)
+        rows.append((name, seconds, flops))
+    for label, cfg in (extra or {}).items():  # further vidiff variants, not FLOP-matched
+        model, call = vidiff_runner(cfg, shape, train, device, dtype)
+        seconds, flops = measure(model, call, train, device, args.runs, args.warmup)
+        rows.append((f"vidiff UNet3D {label}", seconds, flops))
+    report(title, rows, peak)
+    (_, t_ours, f_ours), (_, t_theirs, f_theirs) = rows[:2]
+    match = f_ours / f_theirs
+    verdict = "ok" if abs(match - 1) <= 0.10 else "FAILED: FLOPs differ by more than 10%"
+    print(f"FLOP match vidiff/diffusers {match:.3f}: {verdict}")
+    throughput = (f_ours / t_ours) / (f_theirs / t_theirs)
+    return throughput, t_theirs / t_ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, all)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc's thresholds alone (see tune_malloc)")
+    parser.add_argument("--skip-train", action="store_true", help="only the forward comparison")
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    tuned = device.type == "cpu" and not args.default_malloc and tune_malloc()
+    peak, n = matmul_peak(device, dtype)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {args.dtype}")
+    print(f"malloc: {'mmap/trim thresholds raised to 1 GiB (both models)' if tuned else 'default'}")
+    print(f"matmul peak ({n}x{n} {args.dtype}, best of 5): {peak / 1e9:.1f} GFLOP/s")
+
+    fwd = compare("forward, latent (1, 4, 16, 32, 32), channels (64, 128, 256, 256), 2 blocks/level, "
+                  "16 text tokens x 256, attention at levels 0-2 + middle",
+                  FORWARD_VIDIFF, FORWARD_DIFFUSERS, (1, 4, 16, 32, 32), False, args, device, dtype, peak,
+                  extra={"pseudo-3D default (not FLOP-matched)":
+                         dataclasses.replace(FORWARD_VIDIFF, conv3d=False, ff_mult=4.0)})
+    print(f"forward: vidiff/diffusers throughput ratio {fwd[0]:.2f} (time ratio {fwd[1]:.2f})")
+    if not args.skip_train:
+        train = compare("training step (forward + backward), unet-demo at (8, 3, 16, 32, 32), 16 text tokens x 256",
+                        TRAIN_VIDIFF, TRAIN_DIFFUSERS, (8, 3, 16, 32, 32), True, args, device, dtype, peak)
+        print(f"training step: vidiff/diffusers throughput ratio {train[0]:.2f} (time ratio {train[1]:.2f})")
+    print(f"headline: vidiff/diffusers throughput ratio {fwd[0]:.2f} (time ratio {fwd[1]:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""One registry of named model sizes across architectures, and the one way to build a network.
+
+``MODELS["unet-demo"]`` is a config dataclass; ``build_network("dit-s/2", text_dim=256)``
+builds it. A checkpoint stores the architecture name and the full resolved config, so it
+reloads even if the registry's sizes change later.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from torch import nn
+
+from vidiff.config import ConfigError, from_dict, to_dict
+from vidiff.models.dit import DIT_MODELS, DiTConfig, VideoDiT
+from vidiff.models.unet import UNET_MODELS, UNet3D, UNetConfig
+
+ARCHITECTURES: dict[str, tuple[type, type]] = {
+    "unet": (UNetConfig, UNet3D),
+    "dit": (DiTConfig, VideoDiT),
+}
+MODELS: dict[str, Any] = {**UNET_MODELS, **DIT_MODELS}
+
+
+def architecture_of(config) -> str:
+    for name, (config_cls, _) in ARCHITECTURES.items():
+        if isinstance(config, config_cls):
+            return name
+    raise ConfigError(f"not a network config: {type(config).__name__}")
+
+
+def resolve_config(size: str, overrides: Optional[dict] = None):
+    """The registry config ``size`` with ``overrides`` applied (field names validated)."""
+    if size not in MODELS:
+        raise ConfigError(f"unknown model size {size!r}; accepted: {sorted(MODELS)}")
+    base = MODELS[size]
+    data = to_dict(base)
+    data.update(overrides or {})
+    return from_dict(type(base), data, where=f"model {size!r}")
+
+
+def build_from_config(arch: str, config) -> nn.Module:
+    """Build a network from its architecture name and a config dataclass or dict."""
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; accepted: {sorted(ARCHITECTURES)}")
+    config_cls, network_cls = ARCHITECTURES[arch]
+    if isinstance(config, dict):
+        config = from_dict(config_cls, config)
+    return network_cls(config)
+
+
+def network_spec(network: nn.Module) -> dict:
+    """``{"arch": ..., "network": {...}}`` for a checkpoint's config.json."""
+    config = network.config
+    return {"arch": architecture_of(config), "network": to_dict(config)}
+
+
+def describe_sizes() -> list[tuple[str, str, int]]:
+    """(name, architecture, parameter count) for every registry size, built on the meta device."""
+    import torch
+    from vidiff.models.flops import count_parameters
+    rows = []
+    for name, config in MODELS.items():
+        with torch.device("meta"):
+            network = build_from_config(architecture_of(config), dataclasses.replace(config))
+        rows.append((name, architecture_of(config), count_parameters(network)))
+    return rows

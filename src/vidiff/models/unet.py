@@ -1,0 +1,504 @@
+"""UNet3D: the spatiotemporal U-Net denoiser.
+
+The network maps ``x_t (B, C, T, H, W)``, diffusion time ``t (B,)`` in ``[0, 1]`` and an
+optional :class:`~vidiff.Conditioning` to a prediction ``(B, out_channels, T, H, W)`` (eps, v,
+x0 or flow velocity: the parameterization lives outside, in ``vidiff.diffusion``).
+
+Design, and why:
+
+* **Pseudo-3D residual blocks**: each convolution is a 3x3 spatial conv followed by a temporal
+  conv of ``temporal_kernel`` taps, initialised to the identity (dirac kernel), so an image
+  network's behaviour is the starting point. ``conv3d=True`` uses full ``k x 3 x 3`` convs
+  instead, initialised "inflated" (only the centre frame tap is non-zero).
+* **Attention per level**, each part switched on by config: spatial self-attention within a
+  frame, cross-attention to the text tokens, temporal self-attention across frames at each
+  pixel with rotary frame positions (so 16 training frames extrapolate to 32), and an MLP. The
+  temporal output projection is zero-initialised: temporal layers are exactly the identity at
+  initialisation.
+* **T = 1 skips every temporal op**, and every other op works per frame (per-frame GroupNorm,
+  per-frame spatial attention), so images and videos train the same weights jointly.
+* **Diffusion time** (and every other per-sample condition) enters by FiLM: the
+  :class:`~vidiff.models.condition.ConditionEmbedder` embedding gives a scale and shift per
+  residual block.
+* **Speed**: activations live as ``(B*T, C, H, W)`` in channels-last memory, i.e. a
+  ``(B, T, H, W, C)`` buffer. The same buffer is a channels-last ``(B, C, T, H*W)`` image for the
+  temporal conv (a ``(k, 1)`` conv2d), a ``(B*T, H*W, C)`` token sequence for spatial attention
+  and a ``(B, T*H*W, C)`` sequence for cross-attention, all without copying; only temporal
+  attention transposes. Convs run as large oneDNN kernels; attention uses SDPA.
+
+Extension point: ``forward(x, t, cond, residuals)`` adds ``residuals[i]`` to the ``i``-th skip
+connection (in the order the encoder produces them, see :meth:`UNet3D.residual_shapes`) and
+the last one to the middle block's output: how a ControlNet injects its control signal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vidiff.config import ConfigError
+from vidiff.conditioning import Conditioning
+from vidiff.models.condition import ConditionEmbedder
+from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin
+
+#################################################################################
+#                                    Config                                     #
+#################################################################################
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of a :class:`UNet3D`.
+
+    Attention levels are tuples of level indices (0 = full resolution); negative indices
+    count from the lowest resolution (``-1``), so ``(-1,)`` survives a change of ``channels``.
+    Cross-attention layers exist only when ``text_dim`` is set (None = unconditional).
+    """
+    in_channels: int = 3
+    out_channels: Optional[int] = None        # None: same as in_channels
+    channels: tuple[int, ...] = (64, 128, 256, 256)
+    blocks_per_level: int = 2
+    spatial_attention: tuple[int, ...] = (-2, -1)
+    cross_attention: tuple[int, ...] = (-2, -1)
+    temporal_attention: tuple[int, ...] = (-2, -1)
+    mid_attention: bool = True                # attention (every enabled kind) in the middle block
+    head_dim: int = 64                        # heads = channels // head_dim (at least 1)
+    ff_mult: float = 4.0                      # MLP width of attention blocks (0: no MLP)
+    text_dim: Optional[int] = None
+    pooled_dim: Optional[int] = None
+    known_frames: bool = False                # known/mask as extra input channels
+    frame_stride: bool = False                # embed cond.frame_stride
+    low_res: bool = False                     # super-resolution: upsampled low-res clip as input
+    conv3d: bool = False                      # full k x 3 x 3 convs instead of pseudo-3D
+    temporal_kernel: int = 3
+    norm_groups: int = 32
+    emb_dim: Optional[int] = None             # None: 4 * channels[0]
+    dropout: float = 0.0
+    grad_checkpoint: bool = False
+
+    def __post_init__(self):
+        def fail(msg: str):
+            raise ConfigError(f"UNetConfig.{msg}")
+        self.channels = tuple(self.channels)
+        if not self.channels or any(c < 1 for c in self.channels):
+            fail(f"channels: expected one positive width per level, got {self.channels}")
+        if self.in_channels < 1 or (self.out_channels is not None and self.out_channels < 1):
+            fail(f"in_channels/out_channels must be positive, got {self.in_channels}/{self.out_channels}")
+        if self.blocks_per_level < 1:
+            fail(f"blocks_per_level must be >= 1, got {self.blocks_per_level}")
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if self.norm_groups < 1 or bad:
+            fail(f"channels: every width must be divisible by norm_groups={self.norm_groups}; "
+                 f"{bad} are not")
+        levels = len(self.channels)
+        for name in ("spatial_attention", "cross_attention", "temporal_attention"):
+            value = tuple(getattr(self, name))
+            out = [v for v in value if not -levels <= v < levels]
+            if out:
+                fail(f"{name}: levels {out} do not exist; with {levels} levels use 0..{levels - 1} "
+                     f"or -{levels}..-1")
+            setattr(self, name, value)
+        if self.head_dim < 1:
+            fail(f"head_dim must be >= 1, got {self.head_dim}")
+        for level in range(levels):
+            c = self.channels[level]
+            if c >= self.head_dim and c % self.head_dim:
+                fail(f"head_dim: width {c} at level {level} is not divisible by head_dim={self.head_dim}")
+            if self.attends(level)[2] and (c // self.heads(c)) % 2:
+                fail(f"head_dim: temporal attention at level {level} needs an even head width "
+                     f"for rotary positions, got {c // self.heads(c)}")
+        if self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
+            fail(f"temporal_kernel must be odd and >= 1, got {self.temporal_kernel}")
+        if not 0.0 <= self.dropout < 1.0:
+            fail(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.ff_mult < 0:
+            fail(f"ff_mult must be >= 0, got {self.ff_mult}")
+        for name in ("text_dim", "pooled_dim", "emb_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                fail(f"{name} must be positive or null, got {value}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def outputs(self) -> int:
+        return self.out_channels or self.in_channels
+
+    def heads(self, width: int) -> int:
+        return max(1, width // self.head_dim)
+
+    def attends(self, level: int) -> tuple[bool, bool, bool]:
+        """(spatial, cross, temporal) attention at ``level`` (cross only with text)."""
+        def has(levels):
+            return any(v % self.levels == level for v in levels)
+        return (has(self.spatial_attention), has(self.cross_attention) and self.text_dim is not None,
+                has(self.temporal_attention))
+
+
+#################################################################################
+#                      Layout helpers (views, not copies)                       #
+#################################################################################
+# Inside the network a clip is h: (B*T, C, H, W) in channels-last memory, a (B, T, H, W, C)
+# buffer. `reshape` is a free view whenever that holds and a (correct) copy otherwise.
+
+def _tokens(h: Tensor) -> Tensor:
+    # (N, C, H, W) channels-last -> (N, H*W, C)
+    N, C, H, W = h.shape
+    return h.permute(0, 2, 3, 1).reshape(N, H * W, C)
+
+
+def _frames(x: Tensor, H: int, W: int) -> Tensor:
+    # (N, H*W, C) -> (N, C, H, W) channels-last
+    return x.reshape(x.shape[0], H, W, x.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _to_time(h: Tensor, B: int) -> Tensor:
+    # (B*T, C, H, W) -> (B, C, T, H*W) channels-last: a temporal conv is a (k, 1) conv2d on it
+    N, C, H, W = h.shape
+    return h.permute(0, 2, 3, 1).reshape(B, N // B, H * W, C).permute(0, 3, 1, 2)
+
+
+def _from_time(y: Tensor, H: int, W: int) -> Tensor:
+    # (B, C, T, H*W) -> (B*T, C, H, W) channels-last
+    B, C, T, _ = y.shape
+    return y.permute(0, 2, 3, 1).reshape(B * T, H, W, C).permute(0, 3, 1, 2)
+
+
+def _to_video(h: Tensor, B: int) -> Tensor:
+    # (B*T, C, H, W) -> (B, C, T, H, W) channels-last-3d
+    N, C, H, W = h.shape
+    return h.permute(0, 2, 3, 1).reshape(B, N // B, H, W, C).permute(0, 4, 1, 2, 3)
+
+
+def _from_video(v: Tensor) -> Tensor:
+    # (B, C, T, H, W) -> (B*T, C, H, W) channels-last (a copy when v is plain contiguous)
+    B, C, T, H, W = v.shape
+    return v.permute(0, 2, 3, 4, 1).reshape(B * T, H, W, C).permute(0, 3, 1, 2)
+
+
+@dataclass
+class _Context:
+    """What every block needs besides the activations, computed once per forward."""
+    B: int
+    T: int
+    emb: Tensor                          # (B, emb_dim), already through SiLU
+    text: Optional[Tensor]               # (B, S, context_dim)
+    text_mask: Optional[Tensor]          # (B, S) bool
+    rope: dict                           # head width -> (cos, sin) each (T, head width)
+
+
+#################################################################################
+#                                    Blocks                                     #
+#################################################################################
+
+
+class SpatioTemporalConv(nn.Module):
+    """A 3x3 spatial conv then a temporal conv (identity at init), or one full 3D conv.
+
+    ``(B*T, C_in, H, W) -> (B*T, C_out, H, W)``; with ``T == 1`` only the spatial part runs
+    (for a full 3D conv: its centre frame taps, which is what zero padding would compute).
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, full3d: bool):
+        super().__init__()
+        self.kernel, self.full3d = kernel, full3d
+        if full3d:
+            self.conv = nn.Conv3d(c_in, c_out, (kernel, 3, 3), padding=(kernel // 2, 1, 1))
+            with torch.no_grad():  # inflate: the other frame taps start at zero
+                centre = self.conv.weight[:, :, kernel // 2].clone()
+                self.conv.weight.zero_()
+                self.conv.weight[:, :, kernel // 2] = centre
+        else:
+            self.spatial = nn.Conv2d(c_in, c_out, 3, padding=1)
+            self.temporal = nn.Conv2d(c_out, c_out, (kernel, 1), padding=(kernel // 2, 0)) \
+                if kernel > 1 else None
+            self.reset_temporal()
+
+    def reset_temporal(self) -> None:
+        if not self.full3d and self.temporal is not None:
+            nn.init.dirac_(self.temporal.weight)
+            nn.init.zeros_(self.temporal.bias)
+
+    def forward(self, h: Tensor, B: int) -> Tensor:
+        _, _, H, W = h.shape
+        T = h.shape[0] // B
+        if self.full3d:
+            if T == 1:
+                return F.conv2d(h, self.conv.weight[:, :, self.kernel // 2], self.conv.bias, padding=1)
+            v = _to_video(h, B)                                              # (B, C_in, T, H, W)
+            if v.device.type == "cpu" and v.dtype == torch.float32 and torch.backends.mkldnn.enabled:
+                # torch sends batch-1 conv3d on small frames to a reference kernel 3-8x slower
+                # than oneDNN's; call oneDNN directly (same maths, counted by models.flops).
+                pad = (self.kernel // 2, 1, 1)
+                v = torch.mkldnn_convolution(v, self.conv.weight, self.conv.bias, pad,
+                                             (1, 1, 1), (1, 1, 1), 1)        # (B, C_out, T, H, W)
+            else:
+                v = self.conv(v)                                             # (B, C_out, T, H, W)
+            return _from_video(v)                                            # (B*T, C_out, H, W)
+        h = self.spatial(h)                                                  # (B*T, C_out, H, W)
+        if T > 1 and self.temporal is not None:
+            h = _from_time(self.temporal(_to_time(h, B)), H, W)              # (B*T, C_out, H, W)
+        return h
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, FiLM by the time embedding, GroupNorm-SiLU-conv, plus a skip.
+
+    ``(B*T, C_in, H, W), emb (B, E) -> (B*T, C_out, H, W)``. Norms are per frame, so frames
+    are independent wherever the temporal convs are the identity.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, cfg: UNetConfig):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(cfg.norm_groups, c_in)
+        self.conv1 = SpatioTemporalConv(c_in, c_out, cfg.temporal_kernel, cfg.conv3d)
+        # The FiLM scale/shift replaces norm2's affine, saving a pass over the activations.
+        self.norm2 = nn.GroupNorm(cfg.norm_groups, c_out, affine=False)
+        self.film = nn.Linear(emb_dim, 2 * c_out)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv2 = SpatioTemporalConv(c_out, c_out, cfg.temporal_kernel, cfg.conv3d)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, h: Tensor, ctx: _Context) -> Tensor:
+        N, _, H, W = h.shape
+        x = self.conv1(F.silu(self.norm1(h)), ctx.B)                       # (B*T, C, H, W)
+        C = x.shape[1]
+        scale, shift = self.film(ctx.emb)[:, None, None, :].chunk(2, -1)  # (B, 1, 1, C) each
+        x = _tokens(self.norm2(x)).view(ctx.B, ctx.T, H * W, C)            # (B, T, H*W, C)
+        x = F.silu(torch.addcmul(shift, x, scale + 1))                     # (B, T, H*W, C)
+        x = self.dropout(_frames(x.view(N, H * W, C), H, W))               # (B*T, C, H, W)
+        return self.skip(h) + self.conv2(x, ctx.B)                         # (B*T, C, H, W)
+
+
+class AttentionBlock(nn.Module):
+    """Spatial self-attention, cross-attention to text, temporal self-attention, MLP.
+
+    Pre-LayerNorm residual sublayers on ``(B*T, C, H, W) -> (B*T, C, H, W)``. Temporal
+    attention runs over the frames at each pixel with rotary frame positions, and its output
+    projection starts at zero.
+    """
+
+    def __init__(self, dim: int, cfg: UNetConfig, spatial: bool, cross: bool, temporal: bool,
+                 context_dim: int):
+        super().__init__()
+        heads = cfg.heads(dim)
+
+        def sub(on: bool, **kw):
+            return (nn.LayerNorm(dim), Attention(dim, heads, **kw)) if on else (None, None)
+        self.norm_s, self.attn_s = sub(spatial)
+        self.norm_c, self.attn_c = sub(cross, context_dim=context_dim)
+        self.norm_t, self.attn_t = sub(temporal, zero_init=True)
+        self.norm_f = nn.LayerNorm(dim) if cfg.ff_mult > 0 else None
+        self.ff = FeedForward(dim, cfg.ff_mult) if cfg.ff_mult > 0 else None
+
+    def forward(self, h: Tensor, ctx: _Context) -> Tensor:
+        N, C, H, W = h.shape
+        B, T, L = ctx.B, ctx.T, H * W
+        x = _tokens(h)                                                          # (B*T, L, C)
+        if self.attn_s is not None:
+            x = x + self.attn_s(self.norm_s(x))                                 # (B*T, L, C)
+        if self.attn_c is not None:
+            # Cross-attention treats queries independently: one (B, T*L) sequence per clip
+            # shares the text keys and values across frames instead of repeating them T times.
+            xb = x.reshape(B, T * L, C)                                         # (B, T*L, C)
+            x = (xb + self.attn_c(self.norm_c(xb), ctx.text, ctx.text_mask)).view(N, L, C)
+        if self.attn_t is not None and T > 1:
+            xt = x.reshape(B, T, L, C).transpose(1, 2).reshape(B * L, T, C)        # (B*L, T, C)
+            a = self.attn_t(self.norm_t(xt), rope=ctx.rope[self.attn_t.head_dim])  # (B*L, T, C)
+            x = (x.reshape(B, T, L, C) + a.view(B, L, T, C).transpose(1, 2)).view(N, L, C)
+        if self.ff is not None:
+            x = x + self.ff(self.norm_f(x))                                     # (B*T, L, C)
+        return _frames(x, H, W)                                                 # (B*T, C, H, W)
+
+
+class Layer(nn.Module):
+    """One U-Net stage step: a ResBlock, then an AttentionBlock where the level has one."""
+
+    def __init__(self, res: ResBlock, attn: Optional[AttentionBlock]):
+        super().__init__()
+        self.res, self.attn = res, attn
+
+    def forward(self, h: Tensor, ctx: _Context) -> Tensor:
+        h = self.res(h, ctx)                                                    # (B*T, C, H, W)
+        return self.attn(h, ctx) if self.attn is not None else h
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv per frame: ``(B*T, C, H, W) -> (B*T, C, H/2, W/2)``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, h: Tensor, ctx: _Context) -> Tensor:
+        return self.conv(h)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x then a 3x3 conv per frame: ``(B*T, C, H, W) -> (B*T, C, 2H, 2W)``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h: Tensor, ctx: _Context) -> Tensor:
+        return self.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+
+
+#################################################################################
+#                                    UNet3D                                     #
+#################################################################################
+
+
+class UNet3D(nn.Module):
+    """The spatiotemporal U-Net: ``(x (B, C, T, H, W), t (B,), cond) -> (B, C_out, T, H, W)``."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        ch = cfg.channels
+        emb_dim = cfg.emb_dim or 4 * ch[0]
+        context_dim = ch[-1]
+        self.cond = ConditionEmbedder(cfg.in_channels, emb_dim, cfg.text_dim, context_dim,
+                                      cfg.pooled_dim, cfg.known_frames, cfg.frame_stride, cfg.low_res)
+        self.conv_in = nn.Conv2d(cfg.in_channels + self.cond.extra_channels, ch[0], 3, padding=1)
+
+        def layer(c_in: int, c_out: int, level: int) -> Layer:
+            s, c, t = cfg.attends(level)
+            attn = AttentionBlock(c_out, cfg, s, c, t, context_dim) if (s or c or t) else None
+            return Layer(ResBlock(c_in, c_out, emb_dim, cfg), attn)
+
+        # Encoder: every module's output is a skip connection (conv_in's too).
+        self.down = nn.ModuleList()
+        skips, c = [ch[0]], ch[0]
+        for level, width in enumerate(ch):
+            for _ in range(cfg.blocks_per_level):
+                self.down.append(layer(c, width, level))
+                c = width
+                skips.append(c)
+            if level < cfg.levels - 1:
+                self.down.append(Downsample(c))
+                skips.append(c)
+        self.skip_channels = tuple(skips)
+        mid_attn = AttentionBlock(c, cfg, True, cfg.text_dim is not None, True, context_dim) \
+            if cfg.mid_attention else None
+        self.mid = nn.ModuleList([Layer(ResBlock(c, c, emb_dim, cfg), mid_attn),
+                                  Layer(ResBlock(c, c, emb_dim, cfg), None)])
+        # Decoder: one more block per level than the encoder, each eating one skip.
+        self.up = nn.ModuleList()
+        for level in reversed(range(cfg.levels)):
+            for _ in range(cfg.blocks_per_level + 1):
+                self.up.append(layer(c + skips.pop(), ch[level], level))
+                c = ch[level]
+            if level > 0:
+                self.up.append(Upsample(c))
+        self.norm_out = nn.GroupNorm(cfg.norm_groups, c)
+        self.conv_out = nn.Conv2d(c, cfg.outputs, 3, padding=1)
+        # Head widths of temporal attention: one rotary table each per forward.
+        self.rope_dims = sorted({m.attn_t.head_dim for m in self.modules()
+                                 if isinstance(m, AttentionBlock) and m.attn_t is not None})
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier linears; identity temporal layers (dirac convs, zero temporal out-projections)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, AttentionBlock) and module.attn_t is not None:
+                nn.init.zeros_(module.attn_t.to_out.weight)
+                nn.init.zeros_(module.attn_t.to_out.bias)
+            if isinstance(module, SpatioTemporalConv):
+                module.reset_temporal()
+
+    # ------------------------------------------------------------------ extension point
+    def residual_shapes(self, x_shape: Sequence[int]) -> list[tuple[int, ...]]:
+        """Shapes of ``forward``'s ``residuals`` for an input of shape ``(B, C, T, H, W)``.
+
+        One ``(B, C_i, T, H_i, W_i)`` per skip connection in the order the encoder makes them
+        (``conv_in``, then each encoder block and downsampler from full resolution down), and
+        last one for the middle block's output.
+        """
+        B, _, T, H, W = x_shape
+        shapes, level = [(B, self.skip_channels[0], T, H, W)], 0
+        for module, c in zip(self.down, self.skip_channels[1:]):
+            level += isinstance(module, Downsample)
+            shapes.append((B, c, T, H >> level, W >> level))
+        return shapes + [(B, self.skip_channels[-1], T, H >> level, W >> level)]
+
+    # ------------------------------------------------------------------ forward
+    def _check(self, x: Tensor, t: Tensor) -> None:
+        cfg, factor = self.config, 2 ** (self.config.levels - 1)
+        if x.ndim != 5 or x.shape[1] != cfg.in_channels or x.shape[3] % factor or x.shape[4] % factor:
+            raise ValueError(f"UNet3D expects x of shape (B, C={cfg.in_channels}, T, H, W) with H "
+                             f"and W divisible by {factor} ({cfg.levels - 1} downsamplings); "
+                             f"got {tuple(x.shape)}")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"UNet3D expects t of shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
+
+    def _run(self, module: nn.Module, h: Tensor, ctx: _Context) -> Tensor:
+        if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(module, h, ctx, use_reentrant=False)
+        return module(h, ctx)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,
+                residuals: Optional[Sequence[Tensor]] = None) -> Tensor:
+        """Predict from ``x (B, C, T, H, W)``, ``t (B,)``; ``residuals`` as :meth:`residual_shapes`."""
+        self._check(x, t)
+        B, _, T, H, W = x.shape
+        if residuals is not None:
+            expected = self.residual_shapes(x.shape)
+            got = [tuple(r.shape) for r in residuals]
+            if got != expected:
+                raise ValueError(f"UNet3D residuals must have shapes {expected}, got {got}")
+        text, text_mask = self.cond.context(cond, B, x.device)                  # (B, S, D), (B, S)
+        frames = torch.arange(T, device=x.device)
+        rope = {d: rotary_cos_sin(frames, d) for d in self.rope_dims} if T > 1 else {}  # (T, d) each
+        ctx = _Context(B, T, F.silu(self.cond.embedding(t, cond)), text, text_mask, rope)
+        h = _from_video(self.cond.input(x, cond))                               # (B*T, C_in', H, W)
+        h = self.conv_in(h)                                                     # (B*T, C0, H, W)
+        skips = [h]
+        for module in self.down:
+            h = self._run(module, h, ctx)                                       # (B*T, C_i, H_i, W_i)
+            skips.append(h)
+        for module in self.mid:
+            h = self._run(module, h, ctx)                                       # (B*T, C_L, H_L, W_L)
+        if residuals is not None:
+            # Residuals reach the decoder only: the encoder path below a skip is unchanged.
+            skips = [s + _from_video(r.to(s.dtype)) for s, r in zip(skips, residuals)]
+            h = h + _from_video(residuals[-1].to(h.dtype))
+        for module in self.up:
+            if isinstance(module, Layer):
+                h = torch.cat([h, skips.pop()], dim=1)                          # (B*T, C + C_skip, H, W)
+            h = self._run(module, h, ctx)                                       # (B*T, C_i, H_i, W_i)
+        h = self.conv_out(F.silu(self.norm_out(h)))                             # (B*T, C_out, H, W)
+        return _to_video(h, B).contiguous()                                     # (B, C_out, T, H, W)
+
+
+#################################################################################
+#                                 Named sizes                                   #
+#################################################################################
+
+UNET_MODELS: dict[str, UNetConfig] = {
+    # Seconds-fast, for tests.
+    "unet-tiny": UNetConfig(channels=(16, 32), blocks_per_level=1, spatial_attention=(-1,),
+                            cross_attention=(-1,), temporal_attention=(-1,), head_dim=16,
+                            norm_groups=8),
+    # The CPU demo (16x32x32 pixel clips on 2 cores): attention only at 8x8, and narrow full-
+    # resolution convs; (64, 128, 128) would cost 2.4x the FLOPs (39.5 vs 16.4 GFLOP a clip).
+    "unet-demo": UNetConfig(channels=(32, 64, 128), blocks_per_level=1, spatial_attention=(-1,),
+                            cross_attention=(-1,), temporal_attention=(-1,), norm_groups=16),
+    "unet-s": UNetConfig(channels=(128, 256, 384), blocks_per_level=2, spatial_attention=(1, 2),
+                         cross_attention=(1, 2), temporal_attention=(1, 2)),
+    "unet-b": UNetConfig(channels=(192, 384, 768, 768), blocks_per_level=2,
+                         spatial_attention=(1, 2, 3), cross_attention=(1, 2, 3),
+                         temporal_attention=(1, 2, 3)),
+}

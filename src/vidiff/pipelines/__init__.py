@@ -1,0 +1,4 @@
+"""Pipelines: a trained model's tasks behind one object."""
+from vidiff.pipelines.video import VideoPipeline, load
+
+__all__ = ["VideoPipeline", "load"]

@@ -1,0 +1,147 @@
+"""The run config: one dataclass per concern, nested, loaded from YAML/JSON with overrides.
+
+A YAML file names only what differs from the defaults::
+
+    model: {size: unet-demo}
+    diffusion: {schedule: cosine, parameterization: v}
+    data: {name: shapes, frames: 16, size: 32}
+    train: {steps: 2000, batch_size: 16, lr: 1e-3}
+
+and ``vidiff train run.yaml train.steps=500 model.overrides.channels=[32,64]`` overrides any key.
+The resolved config is stored in every checkpoint, so a model reloads with no other file.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from vidiff.config import ConfigError, apply_overrides, from_dict, load_file
+from vidiff.data import DataConfig
+from vidiff.diffusion import LOSS_WEIGHTINGS, PARAMETERIZATIONS, TIME_DISTRIBUTIONS, Schedule
+from vidiff.text import TextEncoderConfig
+
+
+@dataclass
+class ModelConfig:
+    """A registry size plus overrides of its architecture config's fields."""
+    size: str = "unet-demo"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DiffusionConfig:
+    """Schedule, parameterization and how training draws and weighs diffusion times."""
+    schedule: str = "cosine"
+    shift: float = 1.0
+    zero_terminal_snr: bool = False
+    parameterization: str = "v"
+    loss_weighting: str = "min_snr"
+    min_snr_gamma: float = 5.0
+    time_distribution: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    def __post_init__(self):
+        for value, accepted, name in ((self.parameterization, PARAMETERIZATIONS, "parameterization"),
+                                      (self.loss_weighting, LOSS_WEIGHTINGS, "loss_weighting"),
+                                      (self.time_distribution, TIME_DISTRIBUTIONS, "time_distribution")):
+            if value not in accepted:
+                raise ConfigError(f"diffusion.{name}: {value!r} is not one of {list(accepted)}")
+        self.make_schedule()  # validates the schedule fields
+
+    def make_schedule(self) -> Schedule:
+        try:
+            return Schedule.from_name(self.schedule, shift=self.shift,
+                                      zero_terminal_snr=self.zero_terminal_snr)
+        except ValueError as e:
+            raise ConfigError(f"diffusion: {e}") from None
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. ``batch_size`` is the global batch per optimizer step."""
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"         # "cosine" or "constant", after linear warm-up
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    text_dropout: float = 0.1           # classifier-free guidance needs this > 0
+    image_ratio: float = 0.0            # fraction of steps that train on single frames (T = 1)
+    precision: str = "fp32"             # "fp32" or "bf16" (autocast)
+    compile: bool = False
+    fsdp: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+    sample_every: int = 0               # 0: only at the end
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    out_dir: str = "runs/vidiff"
+    init_from: Optional[str] = None
+
+    def __post_init__(self):
+        checks = [
+            (self.steps >= 1, f"train.steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.lr > 0, f"train.lr must be > 0, got {self.lr}"),
+            (self.lr_schedule in ("cosine", "constant"),
+             f"train.lr_schedule: {self.lr_schedule!r} is not one of ['cosine', 'constant']"),
+            (self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (0 <= self.text_dropout < 1, f"train.text_dropout must be in [0, 1), got {self.text_dropout}"),
+            (0 <= self.image_ratio <= 1, f"train.image_ratio must be in [0, 1], got {self.image_ratio}"),
+            (self.precision in ("fp32", "bf16"),
+             f"train.precision: {self.precision!r} is not one of ['fp32', 'bf16']"),
+            (0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
+class SampleConfig:
+    """How periodic and final samples are drawn."""
+    prompts: list[str] = field(default_factory=list)
+    sampler: str = "dpmpp_2m"
+    steps: int = 20
+    guidance: float = 5.0
+    frames: int = 0                     # 0: the training clip length
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
+                    base: Optional[dict] = None) -> RunConfig:
+    """Defaults <- ``base`` <- the file at ``path`` <- ``key.sub=value`` overrides."""
+    data: dict = {}
+    for layer in (base or {}), (load_file(path) if path else {}):
+        _merge(data, copy.deepcopy(layer))
+    apply_overrides(data, overrides or [])
+    return from_dict(RunConfig, data)
+
+
+def _merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

@@ -1,0 +1,152 @@
+"""``vidiff train``: from a run config to a trained checkpoint, samples and a loss curve."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from vidiff.config import from_dict, to_dict
+from vidiff.train.checkpoint import read_config, resolve_checkpoint
+from vidiff.train.config import RunConfig
+from vidiff.train.objective import DiffusionObjective
+from vidiff.train.trainer import Trainer
+
+
+def _captions(dataset, limit: int = 4096) -> list[str]:
+    """Captions for the built-in tokenizer's vocabulary: all of them when the dataset lists
+    them, else those of the first ``limit`` items."""
+    if hasattr(dataset, "captions"):
+        captions = dataset.captions() if callable(dataset.captions) else dataset.captions
+        return list(captions)
+    return [dataset[i]["caption"] for i in range(min(limit, len(dataset)))]
+
+
+def build_trainer(run: RunConfig, resume: Optional[str] = None, progress: bool = True) -> Trainer:
+    """Dataset, text encoder, network, objective and trainer for ``run``.
+
+    With ``resume``, the text encoder's vocabulary and all training state come from that
+    checkpoint, so the run continues exactly where it stopped.
+    """
+    from vidiff.data import build_dataset, collate
+    from vidiff.models.registry import network_spec
+    from vidiff.pipelines.video import build_network_for, build_text_encoder_for
+
+    torch.manual_seed(run.train.seed)
+    dataset = build_dataset(run.data)
+    text_dir = None
+    if resume is not None:
+        ckpt = resolve_checkpoint(resume)
+        text_dir = ckpt / "text_encoder" if (ckpt / "text_encoder").is_dir() else None
+    elif run.train.init_from:
+        ckpt = resolve_checkpoint(run.train.init_from)
+        text_dir = ckpt / "text_encoder" if (ckpt / "text_encoder").is_dir() else None
+    text_encoder = build_text_encoder_for(run, captions=None if text_dir else _captions(dataset),
+                                          text_dir=text_dir)
+    network = build_network_for(run, text_encoder)
+    d = run.diffusion
+    objective = DiffusionObjective(
+        network, text_encoder, d.make_schedule(), d.parameterization, d.loss_weighting,
+        d.min_snr_gamma, d.time_distribution, d.logit_mean, d.logit_std,
+        text_dropout=run.train.text_dropout if text_encoder is not None else 0.0,
+        frame_stride=getattr(network.config, "frame_stride", False))
+    checkpoint_config = {"kind": "denoiser", **network_spec(network), "run": to_dict(run),
+                         "fps": float(getattr(dataset, "fps", 8.0))}
+
+    def save_extra(tmp: Path, weights: dict) -> None:
+        if text_encoder is not None:
+            prefix = "text_encoder."
+            own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            text_encoder.save(tmp / "text_encoder", state=own or None)
+
+    trainer = Trainer(objective, dataset, run.train, checkpoint_config, save_extra=save_extra,
+                      collate=collate, progress=progress)
+    if resume is not None:
+        trainer.resume(resume)
+    elif run.train.init_from:
+        trainer.load_weights(run.train.init_from, ema=True)
+    return trainer
+
+
+def resume_config(path: str, overrides: Optional[list[str]] = None) -> RunConfig:
+    """The run config stored in a checkpoint, with ``key=value`` overrides (e.g. more steps)."""
+    from vidiff.config import apply_overrides
+    data = read_config(path, kind="denoiser")["run"]
+    apply_overrides(data, overrides or [])
+    return from_dict(RunConfig, data)
+
+
+def train(run: RunConfig, resume: Optional[str] = None, progress: bool = True,
+          samples: bool = True) -> Trainer:
+    """Train ``run`` (or continue it from ``resume``), then write samples and the loss curve."""
+    trainer = build_trainer(run, resume, progress)
+    trainer.fit()
+    if trainer.dist.main:
+        plot_loss(trainer.history, Path(run.train.out_dir) / "loss.png")
+        if samples:
+            write_samples(run, trainer)
+    return trainer
+
+
+def default_prompts(run: RunConfig, trainer: Trainer, count: int = 4) -> list[str]:
+    if run.sample.prompts:
+        return list(run.sample.prompts)
+    held_out = getattr(trainer.dataset, "held_out", None) or []
+    prompts = [f"a {c} {s} moving {d}" for c, s, d in held_out][:count]
+    i = 0
+    while len(prompts) < count and i < 64:
+        caption = trainer.dataset[i]["caption"]
+        if caption and caption not in prompts:
+            prompts.append(caption)
+        i += 1
+    return prompts
+
+
+def write_samples(run: RunConfig, trainer: Trainer) -> Optional[Path]:
+    """Sample the newest checkpoint (EMA weights) and write a grid video ``samples/step_N.mp4``."""
+    from vidiff.pipelines.video import load
+    from vidiff.video import Video
+
+    ckpt = resolve_checkpoint(run.train.out_dir)
+    pipe = load(ckpt)
+    prompts = default_prompts(run, trainer) if pipe.text_encoder is not None else [None] * 4
+    if pipe.text_encoder is None:
+        videos = [pipe.generate(None, steps=run.sample.steps, seed=k, sampler=run.sample.sampler)
+                  for k in range(len(prompts))]
+    else:
+        videos = pipe.generate(prompts, num_frames=run.sample.frames or None, steps=run.sample.steps,
+                               guidance=run.sample.guidance, sampler=run.sample.sampler, seed=0)
+    out = Path(run.train.out_dir) / "samples" / f"step_{trainer.step:07d}.mp4"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Video.grid(videos, cols=min(4, len(videos))).save(out)
+    (out.with_suffix(".txt")).write_text("\n".join(p or "" for p in prompts) + "\n")
+    return out
+
+
+def plot_loss(history: list[dict], path: Path) -> None:
+    """The loss curve (raw and smoothed) as a PNG, written atomically."""
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    losses = [h["loss"] for h in history]
+    smooth, value = [], losses[0]
+    for loss in losses:  # exponential smoothing shows the trend under the noise
+        value = 0.95 * value + 0.05 * loss
+        smooth.append(value)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, losses, alpha=0.3, label="loss")
+    ax.plot(steps, smooth, label="smoothed")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
