@@ -80,8 +80,11 @@ def test_config_validation():
         UNetConfig(channels=(64, 48))
     with pytest.raises(ConfigError, match=r"temporal_attention: levels \[3\] do not exist.*0\.\.1"):
         UNetConfig(channels=(32, 64), temporal_attention=(3,))
-    with pytest.raises(ConfigError, match="temporal_kernel must be odd"):
-        UNetConfig(temporal_kernel=2)
+    for kernel in (2, -1):
+        with pytest.raises(ConfigError, match="temporal_kernel must be odd"):
+            UNetConfig(temporal_kernel=kernel)
+    with pytest.raises(ConfigError, match="out_channels must be positive"):
+        UNetConfig(out_channels=0)
     with pytest.raises(ConfigError, match=r"head_dim: width 96 .* head_dim=64"):
         UNetConfig(channels=(32, 96), norm_groups=32)
     # Negative levels count from the lowest resolution, so shrinking channels keeps working.
@@ -270,6 +273,9 @@ def test_residuals_extension_point():
             assert not torch.allclose(model(x, t, cond, residuals=bumped), out, atol=1e-4)
     with pytest.raises(ValueError, match="residuals must have shapes"):
         model(x, t, cond, residuals=zeros[:-1])
+    # encode() returns tensors of exactly those shapes (what a ControlNet copy would emit).
+    with torch.no_grad():
+        assert [tuple(e.shape) for e in model.encode(x, t, cond)] == shapes
     # A ControlNet trains through them: every residual receives a gradient.
     res = [torch.zeros(s, requires_grad=True) for s in shapes]
     model(x, t, cond, residuals=res).square().mean().backward()

@@ -233,8 +233,8 @@ class DiTBlock(nn.Module):
         B, N, D = x.shape
         T, H, W = ctx.grid
         L = H * W
-        mod = self.modulation(ctx)
-        shift, scale, gate = mod["attn"]
+        mod = self.modulation(ctx)                                              # slot -> 3 x (B, D)
+        shift, scale, gate = mod["attn"]                                        # (B, D) each
         h = modulate(self.norm(x), shift, scale)                                # (B, N, D)
         if self.factorized:
             h = self.attn(h.reshape(B * T, L, D), rope=ctx.rope_hw).view(B, N, D)   # (B, N, D) per frame
@@ -247,7 +247,7 @@ class DiTBlock(nn.Module):
             h = h.view(B, T, L, D).transpose(1, 2).reshape(B * L, T, D)         # (B*L, T, D)
             h = self.attn_t(h, rope=ctx.rope_t)                                 # (B*L, T, D)
             h = h.view(B, L, T, D).transpose(1, 2).reshape(B, N, D)             # (B, N, D)
-            x = x + (1 + gate).unsqueeze(1) * h     # (B, N, D); 1 + gate: to_out is the zero
+            x = x + (1 + gate).unsqueeze(1) * h     # (B, N, D); gate 1 + g: to_out starts at 0
         if self.cross is not None:
             shift, scale, gate = mod["cross"]
             h = self.cross(modulate(self.norm(x), shift, scale), ctx.text, ctx.text_mask)  # (B, N, D)
@@ -375,7 +375,7 @@ class VideoDiT(nn.Module):
         if self.adaln is not None:
             shared = self.adaln(emb).view(B, len(self.slots), 3, cfg.hidden)     # (B, slots, 3, D)
         text, text_mask = self.cond.context(cond, B, x.device)                   # (B, S, D), (B, S)
-        ctx = _Context(grid, emb, shared, text, text_mask, **self._rope(grid, x.device))
+        ctx = _Context(grid, emb, shared, text, text_mask, **self._rope(grid, x.device))  # rotary: (L, d)
         h = patchify(self.cond.input(x, cond), cfg.patch, cfg.patch_t)          # (B, N, C' * pt * p * p)
         h = self.x_embed(h.to(self.x_embed.weight.dtype))                       # (B, N, D)
         for i, block in enumerate(self.blocks):

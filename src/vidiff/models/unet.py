@@ -20,15 +20,15 @@ Design, and why:
 * **Diffusion time** (and every other per-sample condition) enters by FiLM: the
   :class:`~vidiff.models.condition.ConditionEmbedder` embedding gives a scale and shift per
   residual block.
-* **Speed**: activations live as ``(B*T, C, H, W)`` in channels-last memory, i.e. a
-  ``(B, T, H, W, C)`` buffer. The same buffer is a channels-last ``(B, C, T, H*W)`` image for the
-  temporal conv (a ``(k, 1)`` conv2d), a ``(B*T, H*W, C)`` token sequence for spatial attention
-  and a ``(B, T*H*W, C)`` sequence for cross-attention, all without copying; only temporal
-  attention transposes. Convs run as large oneDNN kernels; attention uses SDPA.
+* **Speed**: activations live as ``(B*T, C, H, W)`` in channels-last memory, one
+  ``(B, T, H, W, C)`` buffer that is also, without copies, the input of the temporal conv (a
+  ``(k, 1)`` conv2d on ``(B, C, T, H*W)``) and the token sequences of spatial attention and
+  cross-attention; only temporal attention transposes.
 
 Extension point: ``forward(x, t, cond, residuals)`` adds ``residuals[i]`` to the ``i``-th skip
 connection (in the order the encoder produces them, see :meth:`UNet3D.residual_shapes`) and
-the last one to the middle block's output: how a ControlNet injects its control signal.
+the last one to the middle block's output: how a ControlNet injects its control signal;
+:meth:`UNet3D.encode` returns exactly those tensors, for a ControlNet built as a copy.
 """
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ class UNetConfig:
     known_frames: bool = False                # known/mask as extra input channels
     frame_stride: bool = False                # embed cond.frame_stride
     low_res: bool = False                     # super-resolution: upsampled low-res clip as input
+    patch: int = 1                            # space-to-depth stem: compute at H/patch x W/patch
     conv3d: bool = False                      # full k x 3 x 3 convs instead of pseudo-3D
     temporal_kernel: int = 3
     norm_groups: int = 32
@@ -81,46 +82,42 @@ class UNetConfig:
     grad_checkpoint: bool = False
 
     def __post_init__(self):
-        def fail(msg: str):
-            raise ConfigError(f"UNetConfig.{msg}")
         self.channels = tuple(self.channels)
-        if not self.channels or any(c < 1 for c in self.channels):
-            fail(f"channels: expected one positive width per level, got {self.channels}")
-        if self.in_channels < 1 or (self.out_channels is not None and self.out_channels < 1):
-            fail(f"in_channels/out_channels must be positive, got {self.in_channels}/{self.out_channels}")
-        if self.blocks_per_level < 1:
-            fail(f"blocks_per_level must be >= 1, got {self.blocks_per_level}")
-        bad = [c for c in self.channels if c % self.norm_groups]
-        if self.norm_groups < 1 or bad:
-            fail(f"channels: every width must be divisible by norm_groups={self.norm_groups}; "
-                 f"{bad} are not")
         levels = len(self.channels)
+        for ok, msg in (
+            (levels > 0 and min(self.channels) >= 1, f"channels: expected one positive width per "
+                                                     f"level, got {self.channels}"),
+            (self.in_channels >= 1 and (self.out_channels is None or self.out_channels >= 1),
+             f"in_channels/out_channels must be positive, got {self.in_channels}/{self.out_channels}"),
+            (self.blocks_per_level >= 1, f"blocks_per_level must be >= 1, got {self.blocks_per_level}"),
+            (self.temporal_kernel >= 1 and self.temporal_kernel % 2 == 1,
+             f"temporal_kernel must be odd and >= 1, got {self.temporal_kernel}"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.ff_mult >= 0, f"ff_mult must be >= 0, got {self.ff_mult}"),
+            (self.head_dim >= 1 and self.norm_groups >= 1, "head_dim and norm_groups must be >= 1"),
+            *((getattr(self, n) is None or getattr(self, n) >= 1, f"{n} must be positive or null, got {getattr(self, n)}")
+              for n in ("text_dim", "pooled_dim", "emb_dim")),
+        ):
+            if not ok:
+                raise ConfigError(f"UNetConfig.{msg}")
+        bad = [c for c in self.channels if c % self.norm_groups]
+        if bad:
+            raise ConfigError(f"UNetConfig.channels: every width must be divisible by "
+                              f"norm_groups={self.norm_groups}; {bad} are not")
         for name in ("spatial_attention", "cross_attention", "temporal_attention"):
-            value = tuple(getattr(self, name))
-            out = [v for v in value if not -levels <= v < levels]
+            setattr(self, name, tuple(getattr(self, name)))
+            out = [v for v in getattr(self, name) if not -levels <= v < levels]
             if out:
-                fail(f"{name}: levels {out} do not exist; with {levels} levels use 0..{levels - 1} "
-                     f"or -{levels}..-1")
-            setattr(self, name, value)
-        if self.head_dim < 1:
-            fail(f"head_dim must be >= 1, got {self.head_dim}")
-        for level in range(levels):
-            c = self.channels[level]
+                raise ConfigError(f"UNetConfig.{name}: levels {out} do not exist; with {levels} "
+                                  f"levels use 0..{levels - 1} or -{levels}..-1")
+        for level, c in enumerate(self.channels):
             if c >= self.head_dim and c % self.head_dim:
-                fail(f"head_dim: width {c} at level {level} is not divisible by head_dim={self.head_dim}")
-            if self.attends(level)[2] and (c // self.heads(c)) % 2:
-                fail(f"head_dim: temporal attention at level {level} needs an even head width "
-                     f"for rotary positions, got {c // self.heads(c)}")
-        if self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
-            fail(f"temporal_kernel must be odd and >= 1, got {self.temporal_kernel}")
-        if not 0.0 <= self.dropout < 1.0:
-            fail(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.ff_mult < 0:
-            fail(f"ff_mult must be >= 0, got {self.ff_mult}")
-        for name in ("text_dim", "pooled_dim", "emb_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                fail(f"{name} must be positive or null, got {value}")
+                raise ConfigError(f"UNetConfig.head_dim: width {c} at level {level} is not "
+                                  f"divisible by head_dim={self.head_dim}")
+            rotary = self.attends(level)[2] or (self.mid_attention and level == levels - 1)
+            if rotary and (c // self.heads(c)) % 2:
+                raise ConfigError(f"UNetConfig.head_dim: temporal attention at level {level} needs "
+                                  f"an even head width for rotary positions, got {c // self.heads(c)}")
 
     @property
     def levels(self) -> int:
@@ -248,7 +245,7 @@ class SpatioTemporalConv(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, FiLM by the time embedding, GroupNorm-SiLU-conv, plus a skip.
+    """GroupNorm-SiLU-conv, GroupNorm-FiLM-SiLU-(dropout)-conv, plus a (1x1) skip.
 
     ``(B*T, C_in, H, W), emb (B, E) -> (B*T, C_out, H, W)``. Norms are per frame, so frames
     are independent wherever the temporal convs are the identity.
@@ -329,26 +326,17 @@ class Layer(nn.Module):
         return self.attn(h, ctx) if self.attn is not None else h
 
 
-class Downsample(nn.Module):
-    """Stride-2 3x3 conv per frame: ``(B*T, C, H, W) -> (B*T, C, H/2, W/2)``."""
+class Resample(nn.Module):
+    """Per-frame resize: stride-2 3x3 conv ``(B*T, C, H, W) -> (B*T, C, H/2, W/2)``, or
+    nearest 2x then a 3x3 conv ``-> (B*T, C, 2H, 2W)``."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, up: bool):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.up = up
+        self.conv = nn.Conv2d(channels, channels, 3, stride=1 if up else 2, padding=1)
 
     def forward(self, h: Tensor, ctx: _Context) -> Tensor:
-        return self.conv(h)
-
-
-class Upsample(nn.Module):
-    """Nearest 2x then a 3x3 conv per frame: ``(B*T, C, H, W) -> (B*T, C, 2H, 2W)``."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, h: Tensor, ctx: _Context) -> Tensor:
-        return self.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(h, scale_factor=2.0, mode="nearest") if self.up else h)
 
 
 #################################################################################
@@ -367,7 +355,11 @@ class UNet3D(nn.Module):
         context_dim = ch[-1]
         self.cond = ConditionEmbedder(cfg.in_channels, emb_dim, cfg.text_dim, context_dim,
                                       cfg.pooled_dim, cfg.known_frames, cfg.frame_stride, cfg.low_res)
-        self.conv_in = nn.Conv2d(cfg.in_channels + self.cond.extra_channels, ch[0], 3, padding=1)
+        # A patch > 1 folds each patch x patch pixel block into channels (pixel_unshuffle), so
+        # the whole network runs at a coarser grid: the cheapest way to give small clips the
+        # "right resolution inside the network" without losing a pixel of the output.
+        p2 = cfg.patch ** 2
+        self.conv_in = nn.Conv2d((cfg.in_channels + self.cond.extra_channels) * p2, ch[0], 3, padding=1)
 
         def layer(c_in: int, c_out: int, level: int) -> Layer:
             s, c, t = cfg.attends(level)
@@ -383,7 +375,7 @@ class UNet3D(nn.Module):
                 c = width
                 skips.append(c)
             if level < cfg.levels - 1:
-                self.down.append(Downsample(c))
+                self.down.append(Resample(c, up=False))
                 skips.append(c)
         self.skip_channels = tuple(skips)
         mid_attn = AttentionBlock(c, cfg, True, cfg.text_dim is not None, True, context_dim) \
@@ -397,9 +389,9 @@ class UNet3D(nn.Module):
                 self.up.append(layer(c + skips.pop(), ch[level], level))
                 c = ch[level]
             if level > 0:
-                self.up.append(Upsample(c))
+                self.up.append(Resample(c, up=True))
         self.norm_out = nn.GroupNorm(cfg.norm_groups, c)
-        self.conv_out = nn.Conv2d(c, cfg.outputs, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, cfg.outputs * p2, 3, padding=1)
         # Head widths of temporal attention: one rotary table each per forward.
         self.rope_dims = sorted({m.attn_t.head_dim for m in self.modules()
                                  if isinstance(m, AttentionBlock) and m.attn_t is not None})
@@ -428,19 +420,21 @@ class UNet3D(nn.Module):
         last one for the middle block's output.
         """
         B, _, T, H, W = x_shape
+        H, W = H // self.config.patch, W // self.config.patch
         shapes, level = [(B, self.skip_channels[0], T, H, W)], 0
         for module, c in zip(self.down, self.skip_channels[1:]):
-            level += isinstance(module, Downsample)
+            level += isinstance(module, Resample)
             shapes.append((B, c, T, H >> level, W >> level))
         return shapes + [(B, self.skip_channels[-1], T, H >> level, W >> level)]
 
     # ------------------------------------------------------------------ forward
     def _check(self, x: Tensor, t: Tensor) -> None:
-        cfg, factor = self.config, 2 ** (self.config.levels - 1)
+        cfg = self.config
+        factor = cfg.patch * 2 ** (cfg.levels - 1)
         if x.ndim != 5 or x.shape[1] != cfg.in_channels or x.shape[3] % factor or x.shape[4] % factor:
             raise ValueError(f"UNet3D expects x of shape (B, C={cfg.in_channels}, T, H, W) with H "
-                             f"and W divisible by {factor} ({cfg.levels - 1} downsamplings); "
-                             f"got {tuple(x.shape)}")
+                             f"and W divisible by {factor} (patch {cfg.patch}, {cfg.levels - 1} "
+                             f"downsamplings); got {tuple(x.shape)}")
         if t.shape != (x.shape[0],):
             raise ValueError(f"UNet3D expects t of shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
 
@@ -449,28 +443,45 @@ class UNet3D(nn.Module):
             return checkpoint(module, h, ctx, use_reentrant=False)
         return module(h, ctx)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,
-                residuals: Optional[Sequence[Tensor]] = None) -> Tensor:
-        """Predict from ``x (B, C, T, H, W)``, ``t (B,)``; ``residuals`` as :meth:`residual_shapes`."""
-        self._check(x, t)
+    def _encode(self, x: Tensor, t: Tensor, cond: Optional[Conditioning]):
+        """Encoder and middle block: (skips, h, ctx), activations as (B*T, C, H, W)."""
         B, _, T, H, W = x.shape
-        if residuals is not None:
-            expected = self.residual_shapes(x.shape)
-            got = [tuple(r.shape) for r in residuals]
-            if got != expected:
-                raise ValueError(f"UNet3D residuals must have shapes {expected}, got {got}")
         text, text_mask = self.cond.context(cond, B, x.device)                  # (B, S, D), (B, S)
         frames = torch.arange(T, device=x.device)
         rope = {d: rotary_cos_sin(frames, d) for d in self.rope_dims} if T > 1 else {}  # (T, d) each
         ctx = _Context(B, T, F.silu(self.cond.embedding(t, cond)), text, text_mask, rope)
         h = _from_video(self.cond.input(x, cond))                               # (B*T, C_in', H, W)
-        h = self.conv_in(h)                                                     # (B*T, C0, H, W)
+        if self.config.patch > 1:
+            h = F.pixel_unshuffle(h, self.config.patch)                         # (B*T, C_in' p^2, H/p, W/p)
+        h = self.conv_in(h)                                                     # (B*T, C0, H/p, W/p)
         skips = [h]
         for module in self.down:
             h = self._run(module, h, ctx)                                       # (B*T, C_i, H_i, W_i)
             skips.append(h)
         for module in self.mid:
             h = self._run(module, h, ctx)                                       # (B*T, C_L, H_L, W_L)
+        return skips, h, ctx
+
+    def encode(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None) -> list[Tensor]:
+        """The skip tensors and the middle block's output, in :meth:`residual_shapes` order.
+
+        A ControlNet built as a copy of this network returns these (through zero convs) as the
+        ``residuals`` of the original.
+        """
+        self._check(x, t)
+        skips, h, ctx = self._encode(x, t, cond)
+        return [_to_video(s, ctx.B) for s in skips + [h]]                       # (B, C_i, T, H_i, W_i)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,
+                residuals: Optional[Sequence[Tensor]] = None) -> Tensor:
+        """Predict from ``x (B, C, T, H, W)``, ``t (B,)``; ``residuals`` as :meth:`residual_shapes`."""
+        self._check(x, t)
+        if residuals is not None:
+            expected = self.residual_shapes(x.shape)
+            got = [tuple(r.shape) for r in residuals]
+            if got != expected:
+                raise ValueError(f"UNet3D residuals must have shapes {expected}, got {got}")
+        skips, h, ctx = self._encode(x, t, cond)
         if residuals is not None:
             # Residuals reach the decoder only: the encoder path below a skip is unchanged.
             skips = [s + _from_video(r.to(s.dtype)) for s, r in zip(skips, residuals)]
@@ -479,8 +490,10 @@ class UNet3D(nn.Module):
             if isinstance(module, Layer):
                 h = torch.cat([h, skips.pop()], dim=1)                          # (B*T, C + C_skip, H, W)
             h = self._run(module, h, ctx)                                       # (B*T, C_i, H_i, W_i)
-        h = self.conv_out(F.silu(self.norm_out(h)))                             # (B*T, C_out, H, W)
-        return _to_video(h, B).contiguous()                                     # (B, C_out, T, H, W)
+        h = self.conv_out(F.silu(self.norm_out(h)))                             # (B*T, C_out p^2, H/p, W/p)
+        if self.config.patch > 1:
+            h = F.pixel_shuffle(h, self.config.patch)                           # (B*T, C_out, H, W)
+        return _to_video(h, ctx.B).contiguous()                                 # (B, C_out, T, H, W)
 
 
 #################################################################################
@@ -492,10 +505,12 @@ UNET_MODELS: dict[str, UNetConfig] = {
     "unet-tiny": UNetConfig(channels=(16, 32), blocks_per_level=1, spatial_attention=(-1,),
                             cross_attention=(-1,), temporal_attention=(-1,), head_dim=16,
                             norm_groups=8),
-    # The CPU demo (16x32x32 pixel clips on 2 cores): attention only at 8x8, and narrow full-
-    # resolution convs; (64, 128, 128) would cost 2.4x the FLOPs (39.5 vs 16.4 GFLOP a clip).
-    "unet-demo": UNetConfig(channels=(32, 64, 128), blocks_per_level=1, spatial_attention=(-1,),
-                            cross_attention=(-1,), temporal_attention=(-1,), norm_groups=16),
+    # The CPU demo (16x32x32 pixel clips on 2 cores): a 4x4 space-to-depth stem puts the whole
+    # network on an 8x8 grid (4x4 below), 1.7 GFLOP a clip, so training and the 13,440 sampling
+    # passes of the demo's evaluation both fit in minutes; attention at the 4x4 level.
+    "unet-demo": UNetConfig(channels=(48, 96), patch=4, blocks_per_level=1, spatial_attention=(-1,),
+                            cross_attention=(-1,), temporal_attention=(-1,), head_dim=24,
+                            norm_groups=8),
     "unet-s": UNetConfig(channels=(128, 256, 384), blocks_per_level=2, spatial_attention=(1, 2),
                          cross_attention=(1, 2), temporal_attention=(1, 2)),
     "unet-b": UNetConfig(channels=(192, 384, 768, 768), blocks_per_level=2,

@@ -87,6 +87,7 @@ class TrainConfig:
     keep_last: int = 2
     out_dir: str = "runs/vidiff"
     init_from: Optional[str] = None
+    max_minutes: float = 0.0            # > 0: stop (with a checkpoint) after this wall time
 
     def __post_init__(self):
         checks = [
@@ -102,6 +103,7 @@ class TrainConfig:
             (self.precision in ("fp32", "bf16"),
              f"train.precision: {self.precision!r} is not one of ['fp32', 'bf16']"),
             (0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.max_minutes >= 0, f"train.max_minutes must be >= 0, got {self.max_minutes}"),
             (self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}"),
         ]
         for ok, message in checks:

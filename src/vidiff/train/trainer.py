@@ -117,7 +117,7 @@ class Trainer:
         self.ema = EMA(self.objective, train.ema_decay, train.ema_warmup) if train.ema_decay > 0 else None
         self.step = 0
         self.history: list[dict] = []
-        self._stop_signal: Optional[int] = None
+        self._stop_signal: Optional[str] = None
         self._permutation: tuple = (None, None)
 
     # ------------------------------------------------------------------ setup
@@ -263,6 +263,7 @@ class Trainer:
         if self.progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=cfg.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
+        started = time.perf_counter()
         try:
             window_start, window_steps = time.perf_counter(), 0
             while self.step < until:
@@ -277,12 +278,14 @@ class Trainer:
                     metrics["steps_per_s"] = window_steps / max(elapsed, 1e-9)
                     window_start, window_steps = time.perf_counter(), 0
                     self._log(metrics)
+                if cfg.max_minutes > 0 and time.perf_counter() - started > 60 * cfg.max_minutes:
+                    self._stop_signal = self._stop_signal or "time limit"
                 stop = self._agreed_stop()
                 if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.steps, until) or stop:
                     self.save()
                 if stop:
                     if self.dist.main:
-                        print(f"\nstopped by signal {self._stop_signal} at step {self.step}; "
+                        print(f"\nstopped ({self._stop_signal}) at step {self.step}; "
                               f"checkpoint saved in {self.out_dir / 'checkpoints'}")
                     break
         finally:
@@ -348,7 +351,7 @@ class Trainer:
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self):
         def handler(signum, frame):
-            self._stop_signal = signum
+            self._stop_signal = signal.Signals(signum).name
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
