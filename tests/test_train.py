@@ -33,10 +33,13 @@ def weights(path, ema=False):
 
 
 def test_train_save_reload_generate(tmp_path):
-    run = tiny_config(tmp_path / "run")
+    run = tiny_config(tmp_path / "run", "train.sample_every=4")
     trainer = train(run, progress=False)
     assert trainer.step == 6
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000003", "step_0000006"]
+    # periodic samples at step 4 (its own checkpoint, pruned later) and final ones at step 6
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.mp4")) == [
+        "step_0000004.mp4", "step_0000006.mp4"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000004", "step_0000006"]
     assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "run" / "samples" / "step_0000006.mp4").is_file()
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

@@ -80,6 +80,8 @@ def train(run: RunConfig, resume: Optional[str] = None, progress: bool = True,
           samples: bool = True) -> Trainer:
     """Train ``run`` (or continue it from ``resume``), then write samples and the loss curve."""
     trainer = build_trainer(run, resume, progress)
+    if samples:
+        trainer.sample_hook = lambda t: write_samples(run, t)
     trainer.fit()
     if trainer.dist.main:
         plot_loss(trainer.history, Path(run.train.out_dir) / "loss.png")

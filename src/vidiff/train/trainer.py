@@ -118,6 +118,8 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self._stop_signal: Optional[str] = None
+        self.sample_hook = None  # fn(trainer) on rank 0 every train.sample_every steps
+        self._tensorboard = None
         self._permutation: tuple = (None, None)
 
     # ------------------------------------------------------------------ setup
@@ -281,8 +283,13 @@ class Trainer:
                 if cfg.max_minutes > 0 and time.perf_counter() - started > 60 * cfg.max_minutes:
                     self._stop_signal = self._stop_signal or "time limit"
                 stop = self._agreed_stop()
-                if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.steps, until) or stop:
+                sample_now = (cfg.sample_every > 0 and self.step % cfg.sample_every == 0
+                              and self.step < cfg.steps and self.sample_hook is not None)
+                if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.steps, until) or stop \
+                        or sample_now:
                     self.save()
+                if sample_now and self.dist.main:
+                    self.sample_hook(self)  # periodic EMA samples, from the checkpoint just written
                 if stop:
                     if self.dist.main:
                         print(f"\nstopped ({self._stop_signal}) at step {self.step}; "
@@ -300,6 +307,16 @@ class Trainer:
             return
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        if self._tensorboard is None:
+            try:  # TensorBoard when it is installed; metrics.jsonl always
+                from torch.utils.tensorboard import SummaryWriter
+                self._tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except ImportError:
+                self._tensorboard = False
+        if self._tensorboard:
+            for key, value in metrics.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(key, value, metrics["step"])
 
     @property
     def _sharded(self) -> bool:
