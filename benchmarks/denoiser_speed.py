@@ -6,11 +6,13 @@ Measures this machine's matmul peak, then times, in one process:
    ``(1, 4, 16, 32, 32)``, channels ``(64, 128, 256, 256)``, two residual blocks per level, 16
    text tokens of width 256, spatial/cross/temporal attention at levels 0-2 and in the middle;
 2. a training step (forward + backward) of the CPU-demo size ``unet-demo`` at
-   ``(8, 3, 16, 32, 32)`` against a diffusers model of matched FLOPs.
+   ``(8, 3, 16, 32, 32)`` against a diffusers model of matched FLOPs (given the same
+   space-to-depth stem as ``unet-demo``'s ``patch``).
 
 FLOPs come from ``vidiff.models.flops.count_flops`` (attention included) for both models; a
 pair whose FLOPs differ by more than 10% is reported as a failed match. Times are the median
-of ``--runs`` runs after ``--warmup`` runs. The last line is the headline::
+of ``--runs`` forward runs (``--train-runs`` training steps) after ``--warmup`` runs. The
+last line is the headline::
 
     headline: vidiff/diffusers throughput ratio X.XX (time ratio Y.YY)
 
@@ -24,12 +26,14 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import os
 import platform
 import statistics
 import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from vidiff.conditioning import Conditioning
 from vidiff.models.flops import count_flops
@@ -45,9 +49,12 @@ FORWARD_VIDIFF = UNetConfig(in_channels=4, channels=(64, 128, 256, 256), blocks_
                             temporal_attention=(0, 1, 2), text_dim=256, conv3d=True, ff_mult=2.0)
 FORWARD_DIFFUSERS = dict(in_channels=4, channels=(64, 128, 256, 256), layers=2, cross_levels=(0, 1, 2),
                          groups=32)
-# The training comparison: unet-demo, and the diffusers layout closest to it in FLOPs.
+# The training comparison: unet-demo, and the diffusers layout closest to it in FLOPs. unet-demo
+# folds 4x4 pixel blocks into channels (patch = 4); diffusers gets the same space-to-depth
+# around its call, so both networks work on the same 8x8 grid.
 TRAIN_VIDIFF = dataclasses.replace(UNET_MODELS["unet-demo"], text_dim=256)
-TRAIN_DIFFUSERS = dict(in_channels=3, channels=(32, 48, 96), layers=1, cross_levels=(2,), groups=16)
+TRAIN_DIFFUSERS = dict(in_channels=3, channels=(32, 64), layers=2, cross_levels=(1,), groups=8,
+                       patch=TRAIN_VIDIFF.patch)
 
 
 def sync(device: torch.device) -> None:
@@ -86,24 +93,32 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
     return 2 * n ** 3 / best, n
 
 
+# CPU seconds this process got per wall second per thread while timing (1.0 = all cores were
+# ours). The machine may be shared; a low share means the times are not to be trusted.
+CPU_SHARE: list[float] = []
+
+
 def median_time(fn: Callable[[], object], device: torch.device, runs: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
     sync(device)
-    times = []
+    times, cpu0 = [], os.times()
     for _ in range(runs):
         start = time.perf_counter()
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
+    cpu1 = os.times()
+    busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    CPU_SHARE.append(busy / (sum(times) * torch.get_num_threads()))
     return statistics.median(times)
 
 
-def diffusers_unet(in_channels, channels, layers, cross_levels, groups):
+def diffusers_unet(in_channels, channels, layers, cross_levels, groups, patch=1):
     from diffusers import UNet3DConditionModel
     levels = range(len(channels))
     return UNet3DConditionModel(
-        sample_size=32, in_channels=in_channels, out_channels=in_channels,
+        sample_size=32 // patch, in_channels=in_channels * patch ** 2, out_channels=in_channels * patch ** 2,
         block_out_channels=tuple(channels), layers_per_block=layers, norm_num_groups=groups,
         down_block_types=tuple("CrossAttnDownBlock3D" if i in cross_levels else "DownBlock3D" for i in levels),
         up_block_types=tuple("CrossAttnUpBlock3D" if i in cross_levels else "UpBlock3D" for i in reversed(levels)),
@@ -131,7 +146,17 @@ def diffusers_runner(kw: dict, shape, train: bool, device, dtype):
     model = diffusers_unet(**kw).to(device)
     model = model.to(dtype).train(train) if dtype != torch.float32 else model.train(train)
     steps = (t * 1000).long()                      # diffusers counts time in integer steps
-    return model, lambda: model(x, steps, text).sample
+    p = kw.get("patch", 1)
+    if p == 1:
+        return model, lambda: model(x, steps, text).sample
+    B, C, T, H, W = x.shape
+
+    def call():  # the same space-to-depth stem as UNet3D's patch, per frame
+        frames = F.pixel_unshuffle(x.transpose(1, 2).reshape(B * T, C, H, W), p)
+        y = model(frames.view(B, T, -1, H // p, W // p).transpose(1, 2), steps, text).sample
+        y = F.pixel_shuffle(y.transpose(1, 2).reshape(B * T, -1, H // p, W // p), p)
+        return y.view(B, T, C, H, W).transpose(1, 2)
+    return model, call
 
 
 def measure(model, call, train: bool, device, runs: int, warmup: int) -> tuple[float, int]:
@@ -157,15 +182,15 @@ def report(title: str, rows: list[tuple[str, float, int]], peak: float) -> None:
 
 def compare(title, vidiff_cfg, diffusers_kw, shape, train, args, device, dtype, peak,
             extra: dict | None = None) -> tuple[float, float]:
-    rows = []
+    rows, runs = [], args.train_runs if train else args.runs
     for name, (model, call) in (("vidiff UNet3D", vidiff_runner(vidiff_cfg, shape, train, device, dtype)),
                                 ("diffusers UNet3DConditionModel",
                                  diffusers_runner(diffusers_kw, shape, train, device, dtype))):
-        seconds, flops = measure(model, call, train, device, args.runs, args.warmup)
+        seconds, flops = measure(model, call, train, device, runs, args.warmup)
         rows.append((name, seconds, flops))
     for label, cfg in (extra or {}).items():  # further vidiff variants, not FLOP-matched
         model, call = vidiff_runner(cfg, shape, train, device, dtype)
-        seconds, flops = measure(model, call, train, device, args.runs, args.warmup)
+        seconds, flops = measure(model, call, train, device, runs, args.warmup)
         rows.append((f"vidiff UNet3D {label}", seconds, flops))
     report(title, rows, peak)
     (_, t_ours, f_ours), (_, t_theirs, f_theirs) = rows[:2]
@@ -180,7 +205,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--runs", type=int, default=5, help="timed runs (median reported)")
+    parser.add_argument("--runs", type=int, default=5, help="timed forward runs (median reported)")
+    parser.add_argument("--train-runs", type=int, default=3, help="timed training steps (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, all)")
     parser.add_argument("--default-malloc", action="store_true",
@@ -206,9 +232,15 @@ def main() -> None:
                          dataclasses.replace(FORWARD_VIDIFF, conv3d=False, ff_mult=4.0)})
     print(f"forward: vidiff/diffusers throughput ratio {fwd[0]:.2f} (time ratio {fwd[1]:.2f})")
     if not args.skip_train:
-        train = compare("training step (forward + backward), unet-demo at (8, 3, 16, 32, 32), 16 text tokens x 256",
+        train = compare(f"training step (forward + backward), unet-demo at (8, 3, 16, 32, 32), 16 text tokens "
+                        f"x 256, both with a {TRAIN_VIDIFF.patch}x{TRAIN_VIDIFF.patch} space-to-depth stem",
                         TRAIN_VIDIFF, TRAIN_DIFFUSERS, (8, 3, 16, 32, 32), True, args, device, dtype, peak)
         print(f"training step: vidiff/diffusers throughput ratio {train[0]:.2f} (time ratio {train[1]:.2f})")
+    if device.type == "cpu":
+        share = min(CPU_SHARE)
+        note = "" if share > 0.9 else "  WARNING: the machine was busy, these times are not reliable"
+        print(f"lowest CPU share of this process while timing: {100 * share:.0f}% of {torch.get_num_threads()} "
+              f"threads{note}")
     print(f"headline: vidiff/diffusers throughput ratio {fwd[0]:.2f} (time ratio {fwd[1]:.2f})")
 
 

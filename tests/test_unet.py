@@ -15,6 +15,16 @@ TINY = UNET_MODELS["unet-tiny"]
 TEXT_DIM = 12
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from a second thread, and on a shared machine OpenMP threads
+    # that wait for a busy core slow these tests down by an order of magnitude.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(seed: int = 0, **overrides) -> UNet3D:
     torch.manual_seed(seed)
     return UNet3D(dataclasses.replace(TINY, **overrides)).eval()
@@ -55,6 +65,21 @@ def test_output_shapes_images_and_videos(conv3d):
         assert model(clip(B=1, T=3, H=8, W=24), torch.rand(1)).shape == (1, 6, 3, 8, 24)
 
 
+def test_space_to_depth_stem():
+    # patch = 2: the network runs on an 8x8 grid for 16x16 clips, output at full resolution.
+    model = make(text_dim=TEXT_DIM, patch=2)
+    x, t = clip(), torch.rand(2)
+    with torch.no_grad():
+        out = model(x, t, text_cond())
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        assert [tuple(e.shape) for e in model.encode(x, t, text_cond())] == model.residual_shapes(x.shape)
+    assert model.residual_shapes(x.shape)[0] == (2, 16, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"divisible by 4 \(patch 2"):
+        model(clip(H=18), t)
+    with pytest.raises(ConfigError, match="patch must be >= 1"):
+        UNetConfig(patch=0)
+
+
 def test_bad_inputs_rejected_with_clear_messages():
     model = make(text_dim=TEXT_DIM)
     t = torch.rand(2)
@@ -88,8 +113,9 @@ def test_config_validation():
     with pytest.raises(ConfigError, match=r"head_dim: width 96 .* head_dim=64"):
         UNetConfig(channels=(32, 96), norm_groups=32)
     # Negative levels count from the lowest resolution, so shrinking channels keeps working.
-    cfg = from_dict(UNetConfig, {**to_dict(UNET_MODELS["unet-demo"]), "channels": [32, 64]})
-    assert cfg.attends(1) == (True, False, True) and cfg.attends(0) == (False, False, False)
+    demo = UNET_MODELS["unet-demo"]
+    cfg = from_dict(UNetConfig, {**to_dict(demo), "channels": [demo.head_dim * k for k in (1, 2, 4)]})
+    assert cfg.attends(2) == (True, False, True) and cfg.attends(1) == (False, False, False)
     assert from_dict(UNetConfig, to_dict(cfg)) == cfg
 
 

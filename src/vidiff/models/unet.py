@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 from vidiff.config import ConfigError
 from vidiff.conditioning import Conditioning
 from vidiff.models.condition import ConditionEmbedder
-from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin
+from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin, zero_module
 
 #################################################################################
 #                                    Config                                     #
@@ -90,6 +90,7 @@ class UNetConfig:
             (self.in_channels >= 1 and (self.out_channels is None or self.out_channels >= 1),
              f"in_channels/out_channels must be positive, got {self.in_channels}/{self.out_channels}"),
             (self.blocks_per_level >= 1, f"blocks_per_level must be >= 1, got {self.blocks_per_level}"),
+            (self.patch >= 1, f"patch must be >= 1, got {self.patch}"),
             (self.temporal_kernel >= 1 and self.temporal_kernel % 2 == 1,
              f"temporal_kernel must be odd and >= 1, got {self.temporal_kernel}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
@@ -111,11 +112,11 @@ class UNetConfig:
                 raise ConfigError(f"UNetConfig.{name}: levels {out} do not exist; with {levels} "
                                   f"levels use 0..{levels - 1} or -{levels}..-1")
         for level, c in enumerate(self.channels):
-            if c >= self.head_dim and c % self.head_dim:
+            mid = self.mid_attention and level == levels - 1
+            if (any(self.attends(level)) or mid) and c >= self.head_dim and c % self.head_dim:
                 raise ConfigError(f"UNetConfig.head_dim: width {c} at level {level} is not "
                                   f"divisible by head_dim={self.head_dim}")
-            rotary = self.attends(level)[2] or (self.mid_attention and level == levels - 1)
-            if rotary and (c // self.heads(c)) % 2:
+            if (self.attends(level)[2] or mid) and (c // self.heads(c)) % 2:
                 raise ConfigError(f"UNetConfig.head_dim: temporal attention at level {level} needs "
                                   f"an even head width for rotary positions, got {c // self.heads(c)}")
 
@@ -153,18 +154,6 @@ def _tokens(h: Tensor) -> Tensor:
 def _frames(x: Tensor, H: int, W: int) -> Tensor:
     # (N, H*W, C) -> (N, C, H, W) channels-last
     return x.reshape(x.shape[0], H, W, x.shape[-1]).permute(0, 3, 1, 2)
-
-
-def _to_time(h: Tensor, B: int) -> Tensor:
-    # (B*T, C, H, W) -> (B, C, T, H*W) channels-last: a temporal conv is a (k, 1) conv2d on it
-    N, C, H, W = h.shape
-    return h.permute(0, 2, 3, 1).reshape(B, N // B, H * W, C).permute(0, 3, 1, 2)
-
-
-def _from_time(y: Tensor, H: int, W: int) -> Tensor:
-    # (B, C, T, H*W) -> (B*T, C, H, W) channels-last
-    B, C, T, _ = y.shape
-    return y.permute(0, 2, 3, 1).reshape(B * T, H, W, C).permute(0, 3, 1, 2)
 
 
 def _to_video(h: Tensor, B: int) -> Tensor:
@@ -240,7 +229,9 @@ class SpatioTemporalConv(nn.Module):
             return _from_video(v)                                            # (B*T, C_out, H, W)
         h = self.spatial(h)                                                  # (B*T, C_out, H, W)
         if T > 1 and self.temporal is not None:
-            h = _from_time(self.temporal(_to_time(h, B)), H, W)              # (B*T, C_out, H, W)
+            # A (k, 1) conv2d on the same buffer seen as a channels-last (B, C, T, H*W) image.
+            y = self.temporal(_to_video(h, B).flatten(3))                    # (B, C_out, T, H*W)
+            h = _from_video(y.unflatten(3, (H, W)))                          # (B*T, C_out, H, W)
         return h
 
 
@@ -336,7 +327,9 @@ class Resample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=1 if up else 2, padding=1)
 
     def forward(self, h: Tensor, ctx: _Context) -> Tensor:
-        return self.conv(F.interpolate(h, scale_factor=2.0, mode="nearest") if self.up else h)
+        if self.up:
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")               # (B*T, C, 2H, 2W)
+        return self.conv(h)                                                      # (B*T, C, H', W')
 
 
 #################################################################################
@@ -406,8 +399,7 @@ class UNet3D(nn.Module):
                     nn.init.zeros_(module.bias)
         for module in self.modules():
             if isinstance(module, AttentionBlock) and module.attn_t is not None:
-                nn.init.zeros_(module.attn_t.to_out.weight)
-                nn.init.zeros_(module.attn_t.to_out.bias)
+                zero_module(module.attn_t.to_out)
             if isinstance(module, SpatioTemporalConv):
                 module.reset_temporal()
 
