@@ -127,20 +127,10 @@ def run_check(args) -> int:
 
 
 def _write_json(path: str, data) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then rename."""
-    import os
-    import tempfile
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (a temporary file, then a rename)."""
+    from pathlib import Path
+    from vidiff.train.checkpoint import write_json_atomic
+    write_json_atomic(Path(path), data)
 
 
 # ----------------------------------------------------------------------------- schedule

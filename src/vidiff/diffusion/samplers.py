@@ -114,6 +114,12 @@ def _scalars(schedule: Schedule, t: float) -> tuple[float, float]:
     return float(alpha), float(sigma)
 
 
+def _step(schedule: Schedule, ts: Tensor, i: int) -> tuple[float, float, float, float, float, float]:
+    """``(t, s, alpha_t, sigma_t, alpha_s, sigma_s)`` of the step from ``ts[i]`` to ``ts[i + 1]``."""
+    t, s = float(ts[i]), float(ts[i + 1])
+    return (t, s, *_scalars(schedule, t), *_scalars(schedule, s))
+
+
 def _call(denoiser: Denoiser, x: Tensor, t: float, cond) -> Tensor:
     t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
     x0 = denoiser(x, t_batch, cond)
@@ -152,9 +158,7 @@ def sample_ddim(denoiser: Denoiser, x: Tensor, timesteps: Tensor, schedule: Sche
         raise ValueError(f"eta must be >= 0, got {eta}")
     n = len(ts) - 1
     for i in range(n):
-        t, s = float(ts[i]), float(ts[i + 1])
-        a_t, s_t = _scalars(schedule, t)
-        a_s, s_s = _scalars(schedule, s)
+        t, s, a_t, s_t, a_s, s_s = _step(schedule, ts, i)
         x0 = _call(denoiser, x, t, cond)
         if s_s == 0.0:
             x = x0
@@ -197,9 +201,7 @@ def sample_euler(denoiser: Denoiser, x: Tensor, timesteps: Tensor, schedule: Sch
     ts = _check_grid(x, timesteps)
     n = len(ts) - 1
     for i in range(n):
-        t, s = float(ts[i]), float(ts[i + 1])
-        a_t, s_t = _scalars(schedule, t)
-        a_s, s_s = _scalars(schedule, s)
+        t, s, a_t, s_t, a_s, s_s = _step(schedule, ts, i)
         k_t = _sigma_over_alpha(a_t, s_t)
         x0 = _call(denoiser, x, t, cond)
         eps = (x - a_t * x0) / s_t                                     # dy/dk at (x, t)
@@ -218,9 +220,7 @@ def sample_heun(denoiser: Denoiser, x: Tensor, timesteps: Tensor, schedule: Sche
     ts = _check_grid(x, timesteps)
     n = len(ts) - 1
     for i in range(n):
-        t, s = float(ts[i]), float(ts[i + 1])
-        a_t, s_t = _scalars(schedule, t)
-        a_s, s_s = _scalars(schedule, s)
+        t, s, a_t, s_t, a_s, s_s = _step(schedule, ts, i)
         k_t = _sigma_over_alpha(a_t, s_t)
         x0 = _call(denoiser, x, t, cond)
         eps = (x - a_t * x0) / s_t
@@ -245,9 +245,7 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps: Tensor, schedule: 
     n = len(ts) - 1
     x0_prev, h_prev = None, None
     for i in range(n):
-        t, s = float(ts[i]), float(ts[i + 1])
-        a_t, s_t = _scalars(schedule, t)
-        a_s, s_s = _scalars(schedule, s)
+        t, s, a_t, s_t, a_s, s_s = _step(schedule, ts, i)
         x0 = _call(denoiser, x, t, cond)
         if s_s == 0.0:
             x = x0
@@ -284,9 +282,7 @@ def ddim_invert(denoiser: Denoiser, x: Tensor, timesteps: Tensor, schedule: Sche
         raise ValueError(f"refine must be >= 0, got {refine}")
     n = len(ts) - 1
     for i in range(n):
-        t, s = float(ts[i]), float(ts[i + 1])
-        a_t, s_t = _scalars(schedule, t)
-        a_s, s_s = _scalars(schedule, s)
+        t, s, a_t, s_t, a_s, s_s = _step(schedule, ts, i)
         if s_t == 0.0:
             y, x0 = x, x
             for _ in range(refine):
