@@ -64,7 +64,8 @@ from vidiff.conditioning import Conditioning
 from vidiff.config import ConfigError
 from vidiff.models.condition import ConditionEmbedder
 from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, modulate,
-                                  rotary_cos_sin, rotary_cos_sin_3d, rotary_cos_sin_axes)
+                                  rotary_cos_sin, rotary_cos_sin_3d, rotary_cos_sin_axes,
+                                  xavier_linears)
 
 #################################################################################
 #                                    Config                                     #
@@ -294,11 +295,7 @@ class VideoDiT(nn.Module):
     def initialize_weights(self) -> None:
         """Xavier linears; zero adaLN (every block the identity), output layer and temporal
         output projections (temporal attention the identity, whatever adaLN learns)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        xavier_linears(self)
         for module in self.cond.modules():
             if isinstance(module, TimestepEmbedder):  # as DiT: small init of the time MLPs
                 nn.init.normal_(module.mlp[0].weight, std=0.02)

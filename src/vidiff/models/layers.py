@@ -201,6 +201,16 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+def xavier_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every ``nn.Linear`` inside ``module``, so the
+    residual stream neither explodes nor vanishes with depth."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero every parameter of ``module`` and return it (identity-at-init residual branches)."""
     for p in module.parameters():

@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 from vidiff.config import ConfigError
 from vidiff.conditioning import Conditioning
 from vidiff.models.condition import ConditionEmbedder
-from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin, zero_module
+from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin, xavier_linears, zero_module
 
 #################################################################################
 #                                    Config                                     #
@@ -392,11 +392,7 @@ class UNet3D(nn.Module):
 
     def initialize_weights(self) -> None:
         """Xavier linears; identity temporal layers (dirac convs, zero temporal out-projections)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        xavier_linears(self)
         for module in self.modules():
             if isinstance(module, AttentionBlock) and module.attn_t is not None:
                 zero_module(module.attn_t.to_out)

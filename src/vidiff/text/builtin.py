@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin
+from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin, xavier_linears
 from vidiff.text.base import TextEncoder, TextEncoderConfig, masked_mean
 from vidiff.text.tokenizer import WordTokenizer
 
@@ -78,11 +78,7 @@ class BuiltinTextEncoder(TextEncoder):
     def initialize_weights(self) -> None:
         # Small embeddings keep the first attention logits near uniform; linears get
         # Xavier so the residual stream neither explodes nor vanishes at depth.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        xavier_linears(self)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         with torch.no_grad():
             self.token_embedding.weight[WordTokenizer.PAD].zero_()
