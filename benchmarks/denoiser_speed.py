@@ -43,7 +43,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # The forward comparison. diffusers' blocks are heavier per level (a ResNet block plus four
 # (3,1,1) temporal convs, GEGLU MLPs, in/out projections, two temporal attentions), so vidiff
-# matches its FLOPs with full 3D convs and an MLP ratio of 2 (see docs/benchmarks.md).
+# matches its FLOPs with full 3D convs and an MLP ratio of 2 (see docs/benchmarks.md). Heads
+# are vidiff's default 64 wide (1, 2, 4, 4 heads by level); a further row uses diffusers' 8
+# heads at every level (8 wide at full resolution), which CPU attention runs far slower.
 FORWARD_VIDIFF = UNetConfig(in_channels=4, channels=(64, 128, 256, 256), blocks_per_level=2,
                             spatial_attention=(0, 1, 2), cross_attention=(0, 1, 2),
                             temporal_attention=(0, 1, 2), text_dim=256, conv3d=True, ff_mult=2.0)
@@ -223,12 +225,15 @@ def main() -> None:
         f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, {args.dtype}")
     print(f"malloc: {'mmap/trim thresholds raised to 1 GiB (both models)' if tuned else 'default'}")
-    print(f"matmul peak ({n}x{n} {args.dtype}, best of 5): {peak / 1e9:.1f} GFLOP/s")
+    print(f"matmul peak ({n}x{n} {args.dtype}, best of 5): {peak / 1e9:.1f} GFLOP/s "
+          f"(% peak below = FLOP utilisation against it, the MFU on a GPU)")
 
     fwd = compare("forward, latent (1, 4, 16, 32, 32), channels (64, 128, 256, 256), 2 blocks/level, "
                   "16 text tokens x 256, attention at levels 0-2 + middle",
                   FORWARD_VIDIFF, FORWARD_DIFFUSERS, (1, 4, 16, 32, 32), False, args, device, dtype, peak,
-                  extra={"pseudo-3D default (not FLOP-matched)":
+                  extra={"with diffusers' heads (8 at every level)":
+                         dataclasses.replace(FORWARD_VIDIFF, num_heads=8),
+                         "pseudo-3D default (not FLOP-matched)":
                          dataclasses.replace(FORWARD_VIDIFF, conv3d=False, ff_mult=4.0)})
     print(f"forward: vidiff/diffusers throughput ratio {fwd[0]:.2f} (time ratio {fwd[1]:.2f})")
     if not args.skip_train:

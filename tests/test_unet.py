@@ -110,8 +110,11 @@ def test_config_validation():
             UNetConfig(temporal_kernel=kernel)
     with pytest.raises(ConfigError, match="out_channels must be positive"):
         UNetConfig(out_channels=0)
-    with pytest.raises(ConfigError, match=r"head_dim: width 96 .* head_dim=64"):
+    with pytest.raises(ConfigError, match=r"head_dim: width 96 at level 1 .* head_dim=64"):
         UNetConfig(channels=(32, 96), norm_groups=32)
+    with pytest.raises(ConfigError, match=r"num_heads: width 32 at level 0 .* num_heads=5"):
+        UNetConfig(channels=(32, 96), num_heads=5)
+    assert UNetConfig(channels=(64, 128), num_heads=8).heads(128) == 8
     # Negative levels count from the lowest resolution, so shrinking channels keeps working.
     demo = UNET_MODELS["unet-demo"]
     cfg = from_dict(UNetConfig, {**to_dict(demo), "channels": [demo.head_dim * k for k in (1, 2, 4)]})

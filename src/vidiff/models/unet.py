@@ -67,6 +67,7 @@ class UNetConfig:
     temporal_attention: tuple[int, ...] = (-2, -1)
     mid_attention: bool = True                # attention (every enabled kind) in the middle block
     head_dim: int = 64                        # heads = channels // head_dim (at least 1)
+    num_heads: Optional[int] = None           # instead: this many heads at every level
     ff_mult: float = 4.0                      # MLP width of attention blocks (0: no MLP)
     text_dim: Optional[int] = None
     pooled_dim: Optional[int] = None
@@ -95,7 +96,8 @@ class UNetConfig:
              f"temporal_kernel must be odd and >= 1, got {self.temporal_kernel}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.ff_mult >= 0, f"ff_mult must be >= 0, got {self.ff_mult}"),
-            (self.head_dim >= 1 and self.norm_groups >= 1, "head_dim and norm_groups must be >= 1"),
+            (min(self.head_dim, self.norm_groups, self.num_heads or 1) >= 1 and self.num_heads != 0,
+             "head_dim, num_heads and norm_groups must be >= 1"),
             *((getattr(self, n) is None or getattr(self, n) >= 1, f"{n} must be positive or null, got {getattr(self, n)}")
               for n in ("text_dim", "pooled_dim", "emb_dim")),
         ):
@@ -111,14 +113,16 @@ class UNetConfig:
             if out:
                 raise ConfigError(f"UNetConfig.{name}: levels {out} do not exist; with {levels} "
                                   f"levels use 0..{levels - 1} or -{levels}..-1")
+        by = f"num_heads={self.num_heads}" if self.num_heads else f"head_dim={self.head_dim}"
         for level, c in enumerate(self.channels):
             mid = self.mid_attention and level == levels - 1
-            if (any(self.attends(level)) or mid) and c >= self.head_dim and c % self.head_dim:
-                raise ConfigError(f"UNetConfig.head_dim: width {c} at level {level} is not "
-                                  f"divisible by head_dim={self.head_dim}")
+            uneven = c % self.num_heads if self.num_heads else c >= self.head_dim and c % self.head_dim
+            if (any(self.attends(level)) or mid) and uneven:
+                raise ConfigError(f"UNetConfig.{by.split('=')[0]}: width {c} at level {level} does "
+                                  f"not split into heads of equal width by {by}")
             if (self.attends(level)[2] or mid) and (c // self.heads(c)) % 2:
-                raise ConfigError(f"UNetConfig.head_dim: temporal attention at level {level} needs "
-                                  f"an even head width for rotary positions, got {c // self.heads(c)}")
+                raise ConfigError(f"UNetConfig.{by.split('=')[0]}: temporal attention at level {level} "
+                                  f"needs an even head width for rotary positions, got {c // self.heads(c)}")
 
     @property
     def levels(self) -> int:
@@ -129,7 +133,7 @@ class UNetConfig:
         return self.out_channels or self.in_channels
 
     def heads(self, width: int) -> int:
-        return max(1, width // self.head_dim)
+        return self.num_heads or max(1, width // self.head_dim)
 
     def attends(self, level: int) -> tuple[bool, bool, bool]:
         """(spatial, cross, temporal) attention at ``level`` (cross only with text)."""
