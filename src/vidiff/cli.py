@@ -80,6 +80,26 @@ def run_eval_shapes(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- models
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the named model sizes with parameters and FLOPs",
+                       description="Lists every registry size: architecture, parameter count and "
+                                   "GFLOP of one forward pass on an unconditional clip.")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=32, help="frame side in pixels (default 32)")
+    p.set_defaults(run=run_models)
+
+
+def run_models(args) -> int:
+    from vidiff.models.registry import describe_sizes
+    if args.frames < 1 or args.size < 1:
+        raise ValueError(f"--frames and --size must be >= 1, got {args.frames}, {args.size}")
+    print(f"{'name':<12}{'arch':<6}{'parameters':>14}{f'GFLOP ({args.frames}x{args.size}x{args.size})':>22}")
+    for row in describe_sizes(args.frames, args.size):
+        print(f"{row['name']:<12}{row['arch']:<6}{row['parameters']:>14,}{row['gflop']:>22.1f}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- check
 def add_check(sub) -> None:
     from vidiff.diffusion import SAMPLERS, SCHEDULES
@@ -302,7 +322,7 @@ def run_generate(args) -> int:
 
 
 # ----------------------------------------------------------------------------- main
-COMMANDS = [add_demo, add_train, add_generate, add_eval, add_check, add_schedule, add_convert]
+COMMANDS = [add_demo, add_train, add_generate, add_eval, add_models, add_check, add_schedule, add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

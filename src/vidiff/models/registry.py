@@ -55,13 +55,17 @@ def network_spec(network: nn.Module) -> dict:
     return {"arch": architecture_of(config), "network": to_dict(config)}
 
 
-def describe_sizes() -> list[tuple[str, str, int]]:
-    """(name, architecture, parameter count) for every registry size, built on the meta device."""
+def describe_sizes(frames: int = 16, size: int = 32) -> list[dict]:
+    """Every registry size with its parameter count and forward FLOPs on one unconditional
+    ``(1, C, frames, size, size)`` clip, computed on the meta device (no memory, no time)."""
     import torch
-    from vidiff.models.flops import count_parameters
+    from vidiff.models.flops import count_flops, count_parameters
     rows = []
     for name, config in MODELS.items():
         with torch.device("meta"):
             network = build_from_config(architecture_of(config), dataclasses.replace(config))
-        rows.append((name, architecture_of(config), count_parameters(network)))
+            x = torch.zeros(1, config.in_channels, frames, size, size)
+            flops = count_flops(lambda: network(x, torch.zeros(1), None))
+        rows.append({"name": name, "arch": architecture_of(config),
+                     "parameters": count_parameters(network), "gflop": flops / 1e9})
     return rows
