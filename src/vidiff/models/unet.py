@@ -98,8 +98,8 @@ class UNetConfig:
             (self.ff_mult >= 0, f"ff_mult must be >= 0, got {self.ff_mult}"),
             (min(self.head_dim, self.norm_groups, self.num_heads or 1) >= 1 and self.num_heads != 0,
              "head_dim, num_heads and norm_groups must be >= 1"),
-            *((getattr(self, n) is None or getattr(self, n) >= 1, f"{n} must be positive or null, got {getattr(self, n)}")
-              for n in ("text_dim", "pooled_dim", "emb_dim")),
+            *((getattr(self, n) is None or getattr(self, n) >= 1,
+               f"{n} must be positive or null, got {getattr(self, n)}") for n in ("text_dim", "pooled_dim", "emb_dim")),
         ):
             if not ok:
                 raise ConfigError(f"UNetConfig.{msg}")
