@@ -330,7 +330,8 @@ class Trainer:
                 full_state_dict=True, cpu_offload=True))
         else:
             state = self.objective.state_dict()
-        return {k: _full(v) for k, v in state.items() if _trainable_key(self.objective, k)}
+        keep = _trainable_filter(self.objective)
+        return {k: _full(v) for k, v in state.items() if keep(k)}
 
     def optimizer_state(self) -> dict:
         if self._sharded:
@@ -343,7 +344,8 @@ class Trainer:
         if self.ema is None:
             return None
         full = self.ema.state_dict(self.objective)
-        return {k: _full(v) for k, v in full.items() if _trainable_key(self.objective, k)}
+        keep = _trainable_filter(self.objective)
+        return {k: _full(v) for k, v in full.items() if keep(k)}
 
     def save(self) -> Optional[Path]:
         """Write ``checkpoints/step_NNNNNNN`` atomically (rank 0 only) and prune old ones."""
@@ -395,13 +397,18 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.detach().cpu()
 
 
-def _trainable_key(module: nn.Module, key: str) -> bool:
-    """True for parameters that train and for buffers of trainable submodules."""
-    params = dict(module.named_parameters())
-    if key in params:
-        return params[key].requires_grad
-    return not key.startswith("text_encoder.") or getattr(module, "text_encoder", None) is None \
-        or getattr(module.text_encoder, "trainable", True)
+def _trainable_filter(module: nn.Module):
+    """``keep(key)``: True for parameters that train and for buffers of trainable submodules
+    (the parameter table is built once per save, not once per key)."""
+    trains = {name: p.requires_grad for name, p in module.named_parameters()}
+    encoder = getattr(module, "text_encoder", None)
+    frozen_encoder = encoder is not None and not getattr(encoder, "trainable", True)
+
+    def keep(key: str) -> bool:
+        if key in trains:
+            return trains[key]
+        return not (frozen_encoder and key.startswith("text_encoder."))
+    return keep
 
 
 class _null_context:
