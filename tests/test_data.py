@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vidiff.config import ConfigError
-from vidiff.data import (COLORS, DEMO_HELD_OUT, DIRECTIONS, SHAPES, BucketBatchSampler, DataConfig,
+from vidiff.data import (COLORS, DEMO_HELD_OUT, DIRECTIONS, SHAPES, BucketBatchSampler, BucketPlan, DataConfig,
                          DatasetError, MovingDigits, MovingShapes, PhotoPan, VideoFolder, all_triples,
                          build_dataset, collate, make_loader)
 
@@ -418,3 +418,26 @@ def test_video_folder_decodes_in_workers(folder):
     assert len(zero) == len(two) == 2
     for x, y in zip(zero, two):
         assert torch.equal(x["video"], y["video"]) and torch.equal(x["frame_indices"], y["frame_indices"])
+
+
+def test_bucket_plan_is_a_pure_function_of_the_step():
+    synthetic = MovingShapes(frames=8, size=16, buckets=[[8, 16, 16], [4, 8, 8], [2, 8, 16]])
+    plan = BucketPlan(synthetic, batch_size=5, seed=3, window=40)
+    forward = [plan.batch(s) for s in range(30)]
+    for batch in forward:
+        assert len(batch) == 5 and len({synthetic.item_shape(i) for i in batch}) == 1
+    assert len({synthetic.item_shape(b[0]) for b in forward}) == 3
+    flat = [i for b in forward for i in b]
+    assert len(flat) == len(set(flat))                  # no index is read twice
+    again = BucketPlan(synthetic, batch_size=5, seed=3, window=40)
+    assert [again.batch(s) for s in reversed(range(30))] == forward[::-1]   # random access
+
+    finite = MovingShapes(frames=8, size=16, length=23, buckets=[[8, 16, 16], [4, 8, 8]])
+    plan = BucketPlan(finite, batch_size=4, seed=0)
+    per_epoch = sum(c // 4 for c in np.unique([finite.item_shape(i) for i in range(23)], axis=0,
+                                               return_counts=True)[1])
+    epoch = [plan.batch(s) for s in range(per_epoch)]
+    assert len({i for b in epoch for i in b}) == 4 * per_epoch       # an epoch has no repeats
+    assert plan.batch(per_epoch) != epoch[0] or plan.batch(per_epoch + 1) != epoch[1]
+    with pytest.raises(DatasetError, match="batch_size"):
+        BucketPlan(MovingShapes(frames=8, size=16, length=3, buckets=[[8, 16, 16], [4, 8, 8]]), batch_size=4)

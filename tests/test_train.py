@@ -59,13 +59,19 @@ def test_train_save_reload_generate(tmp_path):
     assert vidiff.Video.load(tmp_path / "out.mp4").num_frames == 4
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    straight = build_trainer(tiny_config(tmp_path / "a"), progress=False)
+@pytest.mark.parametrize("buckets", [None, "[[4,16,16],[2,8,8]]"])
+def test_resume_equals_uninterrupted(tmp_path, buckets):
+    extra = [f"data.buckets={buckets}"] if buckets else []
+    straight = build_trainer(tiny_config(tmp_path / "a", *extra), progress=False)
+    if buckets:  # one shape per batch, both shapes in the first steps
+        shapes = [tuple(b["video"].shape) for b, _ in zip(straight._batches(), range(6))]
+        assert {s[2:] for s in shapes} == {(4, 16, 16), (2, 8, 8)}
     straight.fit()
-    interrupted = build_trainer(tiny_config(tmp_path / "b"), progress=False)
+    interrupted = build_trainer(tiny_config(tmp_path / "b", *extra), progress=False)
     interrupted.fit(until=4)
     assert interrupted.step == 4
-    resumed = build_trainer(tiny_config(tmp_path / "b"), resume=str(tmp_path / "b"), progress=False)
+    resumed = build_trainer(tiny_config(tmp_path / "b", *extra), resume=str(tmp_path / "b"),
+                            progress=False)
     assert resumed.step == 4
     resumed.fit()
     for ema in (False, True):
@@ -125,3 +131,24 @@ def test_bad_config_and_checkpoint(tmp_path):
         build_trainer(tiny_config(tmp_path / "x", "train.batch_size=3", "train.grad_accum=2"), progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):
         vidiff.load(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("option, rtol", [(["train.precision=bf16"], 2e-2),
+                                           (["train.compile=true", "train.compile_backend=aot_eager"], 1e-4)])
+def test_bf16_and_compile_follow_fp32(tmp_path, option, rtol):
+    """bf16 autocast and torch.compile train the same model: the first losses (before the
+    runs drift apart) agree with float32 eager to the format's precision, and weights move."""
+    eager = build_trainer(tiny_config(tmp_path / "a", "train.steps=3"), progress=False)
+    eager.fit()
+    other = build_trainer(tiny_config(tmp_path / "b", "train.steps=3", *option), progress=False)
+    before = {k: v.clone() for k, v in other.objective.state_dict().items()}
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    other.fit()
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert compiled == ("train.compile=true" in option)    # the network really ran compiled
+    a, b = eager.history[0]["loss"], other.history[0]["loss"]
+    assert abs(a - b) <= rtol * abs(a), (a, b)
+    assert other.history[-1]["loss"] == other.history[-1]["loss"]  # finite, not NaN
+    moved = [k for k, v in other.objective.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("network.") for k in moved)

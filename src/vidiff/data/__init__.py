@@ -14,7 +14,7 @@ from vidiff.data.common import INFINITE, DatasetError, item_rng
 from vidiff.data.config import BUILTIN, DataConfig, build_dataset
 from vidiff.data.digits import MovingDigits
 from vidiff.data.folder import VideoFolder
-from vidiff.data.loader import BucketBatchSampler, InfiniteSampler, SeededSampler, collate, make_loader
+from vidiff.data.loader import BucketBatchSampler, BucketPlan, InfiniteSampler, SeededSampler, collate, make_loader
 from vidiff.data.photopan import MOTIONS, PHOTOS, PhotoPan, available_photos
 from vidiff.data.shapes import (COLORS, DEMO_HELD_OUT, DIRECTIONS, SHAPES, MovingShapes, all_triples,
                                 caption)
@@ -23,5 +23,5 @@ __all__ = [
     "DataConfig", "build_dataset", "BUILTIN", "DatasetError", "INFINITE", "item_rng",
     "MovingShapes", "COLORS", "SHAPES", "DIRECTIONS", "DEMO_HELD_OUT", "all_triples", "caption",
     "MovingDigits", "PhotoPan", "PHOTOS", "MOTIONS", "available_photos", "VideoFolder",
-    "collate", "make_loader", "BucketBatchSampler", "SeededSampler", "InfiniteSampler",
+    "collate", "make_loader", "BucketBatchSampler", "BucketPlan", "SeededSampler", "InfiniteSampler",
 ]

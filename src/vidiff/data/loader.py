@@ -6,6 +6,7 @@ infinite dataset.
 """
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from typing import Iterator, Optional, Sequence
 
@@ -139,6 +140,63 @@ class BucketBatchSampler(Sampler[list[int]]):
             return sum(c // self.batch_size for c in counts.values())
         return sum(-(-c // self.batch_size) for c in counts.values())
 
+
+class BucketPlan:
+    """Global batches of one ``(frames, height, width)`` each, addressed by step number.
+
+    The trainer's data order must be a pure function of the step (so a resumed or
+    differently parallelised run reads the same samples); this is the bucketed form of that.
+    The dataset's indices are cut into windows (an epoch's seeded permutation for a finite
+    dataset, ``window`` consecutive indices for an infinite one); inside a window indices are
+    queued per shape, every full queue of ``batch_size`` becomes a batch (the remainder of a
+    window is dropped) and the window's batches are shuffled so buckets interleave.
+
+    ``batch(step)`` -> the ``batch_size`` dataset indices of global step ``step``.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, window: Optional[int] = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.shape_of, self.n = dataset.item_shape, len(dataset)
+        self.infinite = bool(getattr(dataset, "infinite", False))
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.window = int(window or 64 * batch_size)
+        self._cached: tuple = (None, None)
+        self._ends: list[int] = []          # cumulative batch count after each window
+        if not self._window_batches(0):
+            raise DatasetError(f"no bucket holds {batch_size} clips (a whole batch); lower "
+                               f"train.batch_size or use fewer buckets")
+
+    def _window_batches(self, k: int) -> list[list[int]]:
+        if self.infinite:
+            order = range(k * self.window, min((k + 1) * self.window, self.n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+            order = torch.randperm(self.n, generator=g).tolist()
+        queues: "OrderedDict[tuple, list[int]]" = OrderedDict()
+        batches = []
+        for i in order:
+            queue = queues.setdefault(tuple(self.shape_of(i)), [])
+            queue.append(i)
+            if len(queue) == self.batch_size:
+                batches.append(queue[:])
+                queue.clear()
+        g = torch.Generator().manual_seed(self.seed * 7_919 + k)
+        return [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
+
+    def batch(self, step: int) -> list[int]:
+        # Only the window counts are kept (one int each) and the window in use is cached:
+        # a window is a pure function of its number, so any window can be rebuilt.
+        while not self._ends or self._ends[-1] <= step:
+            batches = self._window_batches(len(self._ends))
+            if not batches:
+                raise DatasetError(f"bucket window {len(self._ends)} holds no whole batch")
+            self._ends.append((self._ends[-1] if self._ends else 0) + len(batches))
+            self._cached = (len(self._ends) - 1, batches)
+        k = bisect.bisect_right(self._ends, step)
+        if self._cached[0] != k:
+            self._cached = (k, self._window_batches(k))
+        return self._cached[1][step - (self._ends[k - 1] if k else 0)]
 
 def _worker_init(_: int) -> None:
     # Workers decode; one intra-op thread each keeps them from oversubscribing the cores.

@@ -77,7 +77,8 @@ class TrainConfig:
     text_dropout: float = 0.1           # classifier-free guidance needs this > 0
     image_ratio: float = 0.0            # fraction of steps that train on single frames (T = 1)
     precision: str = "fp32"             # "fp32" or "bf16" (autocast)
-    compile: bool = False
+    compile: bool = False               # torch.compile the model (first steps compile)
+    compile_backend: str = "inductor"   # any torch.compile backend ("aot_eager": no codegen)
     fsdp: bool = False
     seed: int = 0
     num_workers: int = 0

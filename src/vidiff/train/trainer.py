@@ -121,6 +121,11 @@ class Trainer:
         self.sample_hook = None  # fn(trainer) on rank 0 every train.sample_every steps
         self._tensorboard = None
         self._permutation: tuple = (None, None)
+        # A dataset with shape buckets is read one shape per global batch (see BucketPlan).
+        self._buckets = None
+        if getattr(dataset, "buckets", None):
+            from vidiff.data import BucketPlan
+            self._buckets = BucketPlan(dataset, train.batch_size, train.seed)
 
     # ------------------------------------------------------------------ setup
     def _wrap(self, module: nn.Module) -> nn.Module:
@@ -137,7 +142,9 @@ class Trainer:
         else:
             wrapped = module
         if self.cfg.compile:
-            wrapped = torch.compile(wrapped)
+            # Compile the network in place (its state-dict names stay the same); the objective's
+            # per-sample random draws and the text encoder stay eager, outside the graph.
+            getattr(module, "network", module).compile(backend=self.cfg.compile_backend)
         return wrapped
 
     def load_weights(self, path, ema: bool = False) -> None:
@@ -181,7 +188,11 @@ class Trainer:
 
     def _dataset_index(self, sample: int) -> int:
         """Dataset item of global sample ``sample``: a fresh permutation per epoch, seeded by
-        (seed, epoch); synthetic datasets whose items are all distinct are read in order."""
+        (seed, epoch); synthetic datasets whose items are all distinct are read in order;
+        a bucketed dataset follows its :class:`~vidiff.data.BucketPlan`."""
+        if self._buckets is not None:
+            step, offset = divmod(sample, self.cfg.batch_size)
+            return self._buckets.batch(step)[offset]
         n = len(self.dataset)
         if getattr(self.dataset, "infinite", False) or n > 10_000_000:
             return sample % n

@@ -1,0 +1,669 @@
+"""VideoVAE: a causal 3D-convolution KL autoencoder, the latent space of latent video diffusion.
+
+``encode(video (B, 3, T, H, W) in [-1, 1]) -> DiagonalGaussian`` over latents
+``(B, latent_channels, 1 + (T - 1) / tf, H / sf, W / sf)`` and ``decode(z) -> (B, 3, T, H, W)``,
+with ``sf = 2 ** (len(channels) - 1)`` (spatial factor) and ``tf = temporal_factor``.
+
+Design, and why:
+
+* **Causal in time.** Every temporal convolution pads only on the past side, by repeating the
+  first frame (so a one-frame clip looks to the network like a still video, and an image and a
+  video's first frame are coded alike). Output frame ``t`` therefore depends only on input
+  frames ``<= t``, in the encoder and the decoder.
+* **The first frame is coded on its own.** Temporal downsampling folds groups of frames into
+  channels: frame 0 alone (repeated to fill a group), then frames ``1..s``, ``s+1..2s``, ...
+  Two such halvings give ``tf = 4``: frame 0 -> latent 0, frames ``4j-3..4j`` -> latent ``j``.
+  Upsampling mirrors it (latent 0 -> frame 0, latent ``j`` -> 4 frames), so valid clip
+  lengths are ``1 + tf * k`` and a clip of another length is rejected with a ValueError.
+* **Per-frame statistics only.** GroupNorm normalises each frame separately and the middle
+  attention attends within a frame, so nothing looks across time except the causal convs.
+  That is what makes **chunking exact**: decoding (or encoding) a clip piece by piece, with
+  each causal conv carrying its last ``k - 1`` input frames from one chunk to the next
+  (the *cache*), computes the same numbers as one pass over the whole clip, and the working
+  memory is that of one chunk, whatever the length of the video.
+* **Spatial tiling** (for frames too large for one pass) decodes overlapping latent tiles and
+  blends them with linear ramps; each tile keeps its own temporal cache.
+* ``kind="2d"`` is the comparison variant: a per-frame 2D encoder (frames meet only in the
+  temporal fold when ``tf > 1``) and a decoder whose convs are a 3x3 spatial conv followed by a
+  causal temporal conv that starts as the identity.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vidiff.config import ConfigError
+from vidiff.models.layers import Attention
+
+Cache = Optional[dict]   # module -> carried state; None = the whole clip in one pass
+
+#################################################################################
+#                                    Config                                     #
+#################################################################################
+
+
+@dataclass
+class VAEConfig:
+    """Architecture and latent normalisation of a :class:`VideoVAE`.
+
+    ``channels`` holds one width per level; each level after the first halves height and
+    width, so the spatial factor is ``2 ** (len(channels) - 1)``. The ``log2(temporal_factor)``
+    temporal halvings happen at the first levels (where they save the most compute).
+    ``scaling_factor`` and ``shift_factor`` map posterior means to unit-variance latents:
+    ``z = (mean - shift_factor) * scaling_factor`` (see :meth:`VideoVAE.estimate_latent_scaling`).
+    """
+    kind: Literal["3d", "2d"] = "3d"
+    in_channels: int = 3
+    latent_channels: int = 8
+    channels: tuple[int, ...] = (64, 128, 256)
+    blocks_per_level: int = 2
+    temporal_factor: int = 4                  # 1, 2, 4, ... (a power of two)
+    mid_attention: bool = True                # per-frame self-attention in the middle blocks
+    head_dim: int = 64
+    norm_groups: int = 32
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    grad_checkpoint: bool = False
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        levels = len(self.channels)
+        halvings = int(math.log2(self.temporal_factor)) if self.temporal_factor >= 1 else -1
+        for ok, msg in (
+            (self.kind in ("3d", "2d"), f"kind must be '3d' or '2d', got {self.kind!r}"),
+            (levels >= 1 and min(self.channels) >= 1, f"channels: expected positive widths, got {self.channels}"),
+            (min(self.in_channels, self.latent_channels, self.blocks_per_level, self.head_dim,
+                 self.norm_groups) >= 1, "in_channels, latent_channels, blocks_per_level, head_dim "
+                                         "and norm_groups must be >= 1"),
+            (halvings >= 0 and 2 ** halvings == self.temporal_factor,
+             f"temporal_factor must be a power of two, got {self.temporal_factor}"),
+            (halvings <= levels - 1, f"temporal_factor={self.temporal_factor} needs at least "
+                                     f"{halvings + 1} levels of channels, got {levels}"),
+            (self.scaling_factor > 0, f"scaling_factor must be positive, got {self.scaling_factor}"),
+            (all(c % self.norm_groups == 0 for c in self.channels),
+             f"every width in channels={self.channels} must be divisible by norm_groups={self.norm_groups}"),
+        ):
+            if not ok:
+                raise ConfigError(f"VAEConfig.{msg}")
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    def heads(self, width: int) -> int:
+        return max(1, width // self.head_dim)
+
+
+#################################################################################
+#                                    Layers                                     #
+#################################################################################
+
+
+def _conv3d(x: Tensor, conv: nn.Conv3d) -> Tensor:
+    """``conv`` on ``x (B, C, T, H, W)`` with its own stride and padding."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled:
+        # torch routes small-batch CPU conv3d to a reference kernel up to 2x slower than
+        # oneDNN's; same maths, called directly.
+        return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride,
+                                        conv.dilation, conv.groups)
+    return conv(x)
+
+
+class CausalConv3d(nn.Module):
+    """``(B, C_in, T, H, W) -> (B, C_out, T, H', W')``: a ``(kt, k, k)`` conv whose output frame
+    ``t`` sees input frames ``t - kt + 1 .. t``; the past is padded by repeating frame 0, or,
+    in a later chunk, taken from the cache. Spatial padding is zeros, spatial stride optional."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, temporal_kernel: int = 3, stride: int = 1):
+        super().__init__()
+        self.kt = temporal_kernel
+        self.conv = nn.Conv3d(c_in, c_out, (temporal_kernel, kernel, kernel), stride=(1, stride, stride),
+                              padding=(0, kernel // 2, kernel // 2))
+
+    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+        if self.kt > 1:
+            past = cache.get(self) if cache is not None else None
+            if past is None:
+                past = x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1)       # (B, C, kt-1, H, W)
+            x = torch.cat([past, x], dim=2)                                   # (B, C, kt-1+T, H, W)
+            if cache is not None:  # a copy, so the cache does not pin the whole chunk
+                cache[self] = x[:, :, -(self.kt - 1):].clone()
+        return _conv3d(x, self.conv)                                          # (B, C_out, T, H', W')
+
+
+class FactorizedCausalConv(nn.Module):
+    """A 3x3 per-frame conv, then a causal temporal conv initialised to the identity (dirac),
+    so a decoder built from it starts as an image decoder: ``(B, C_in, T, H, W) -> (B, C_out, T, H, W)``."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.spatial = CausalConv3d(c_in, c_out, 3, temporal_kernel=1)
+        self.temporal = CausalConv3d(c_out, c_out, 1, temporal_kernel=3)
+        nn.init.zeros_(self.temporal.conv.weight)
+        nn.init.zeros_(self.temporal.conv.bias)
+        with torch.no_grad():  # only the current-frame tap of each channel is 1
+            self.temporal.conv.weight[:, :, -1, 0, 0] = torch.eye(c_out)
+
+    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+        return self.temporal(self.spatial(x), cache)                         # (B, C_out, T, H, W)
+
+
+def make_conv(c_in: int, c_out: int, mode: str) -> nn.Module:
+    """3x3 spatial conv of a given temporal ``mode``: "3d" (3x3x3 causal), "2d" (per frame),
+    "2d+t" (per frame, then a causal temporal conv)."""
+    if mode == "2d+t":
+        return FactorizedCausalConv(c_in, c_out)
+    return CausalConv3d(c_in, c_out, 3, temporal_kernel=3 if mode == "3d" else 1)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame: ``(B, C, T, H, W) -> (B, C, T, H, W)``.
+
+    Statistics over ``(C/G, H, W)`` of each frame, never across time, so a frame's output
+    does not depend on other frames (causality and chunking stay exact). Computed in float32.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, T, H, W = x.shape
+        G = self.num_groups
+        g = x.view(B, G, C // G, T, H, W)
+        var, mean = torch.var_mean(g.float(), dim=(2, 4, 5), keepdim=True, correction=0)  # (B, G, 1, T, 1, 1)
+        # Fold the normalisation and the affine into one multiply-add over the activations.
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, G, C // G, 1, 1, 1)    # (B, G, C/G, T, 1, 1)
+        shift = self.bias.view(1, G, C // G, 1, 1, 1) - mean * scale
+        return torch.addcmul(shift.to(x.dtype), g, scale.to(x.dtype)).view(B, C, T, H, W)
+
+
+class ResBlock(nn.Module):
+    """Norm-SiLU-conv twice, plus a (1x1x1 when the width changes) skip:
+    ``(B, C_in, T, H, W) -> (B, C_out, T, H, W)``."""
+
+    def __init__(self, c_in: int, c_out: int, mode: str, groups: int):
+        super().__init__()
+        self.norm1 = FrameGroupNorm(groups, c_in)
+        self.conv1 = make_conv(c_in, c_out, mode)
+        self.norm2 = FrameGroupNorm(groups, c_out)
+        self.conv2 = make_conv(c_out, c_out, mode)
+        self.skip = CausalConv3d(c_in, c_out, 1, temporal_kernel=1) if c_in != c_out else None
+
+    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), cache)                          # (B, C_out, T, H, W)
+        h = self.conv2(F.silu(self.norm2(h)), cache)                          # (B, C_out, T, H, W)
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class FrameAttention(nn.Module):
+    """Residual self-attention among the pixels of each frame (per frame, so causal):
+    ``(B, C, T, H, W) -> (B, C, T, H, W)``; the output projection starts at zero."""
+
+    def __init__(self, dim: int, heads: int, groups: int):
+        super().__init__()
+        self.norm = FrameGroupNorm(groups, dim)
+        self.attn = Attention(dim, heads, zero_init=True)
+
+    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+        B, C, T, H, W = x.shape
+        tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(B * T, H * W, C)   # (B*T, H*W, C)
+        out = self.attn(tokens).view(B, T, H, W, C).permute(0, 4, 1, 2, 3)     # (B, C, T, H, W)
+        return x + out
+
+
+def _first_chunk(module: nn.Module, cache: Cache) -> bool:
+    """Whether this call sees frame 0 (always in whole-clip mode); marks the cache."""
+    if cache is None:
+        return True
+    first = module not in cache
+    cache[module] = True
+    return first
+
+
+class Downsample(nn.Module):
+    """Halves H and W (stride-2 3x3 conv) and, with ``temporal=2``, time: frame 0 alone (repeated
+    to fill a group), then each pair of frames, folded into channels before the conv.
+    ``(B, C, T, H, W) -> (B, C, 1 + (T-1)/2 or T, H/2, W/2)``; a later chunk has no frame 0, so
+    there ``T -> T/2``."""
+
+    def __init__(self, channels: int, temporal: int):
+        super().__init__()
+        self.temporal = temporal
+        self.conv = CausalConv3d(channels * temporal, channels, 3, temporal_kernel=1, stride=2)
+
+    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+        s = self.temporal
+        if s > 1:
+            if _first_chunk(self, cache):
+                x = torch.cat([x[:, :, :1].expand(-1, -1, s, -1, -1), x[:, :, 1:]], 2)  # (B, C, s*T', H, W)
+            B, C, T, H, W = x.shape
+            x = x.view(B, C, T // s, s, H, W).transpose(2, 3).reshape(B, C * s, T // s, H, W)
+        return self.conv(x)                                                   # (B, C, T', H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Mirror of :class:`Downsample`: with ``temporal=2`` a 1x1x1 conv makes two frames of each
+    latent frame, of which latent frame 0 keeps only the last; then nearest 2x and a 3x3 conv.
+    ``(B, C, t, H, W) -> (B, C, 1 + 2(t-1) or t, 2H, 2W)`` (a later chunk: ``t -> 2t``)."""
+
+    def __init__(self, channels: int, temporal: int, mode: str):
+        super().__init__()
+        self.temporal = temporal
+        self.time = CausalConv3d(channels, channels * temporal, 1, temporal_kernel=1) if temporal > 1 else None
+        self.conv = make_conv(channels, channels, mode)
+
+    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+        s = self.temporal
+        if s > 1:
+            first = _first_chunk(self, cache)
+            B, C, t, H, W = x.shape
+            x = self.time(x).view(B, C, s, t, H, W).transpose(2, 3).reshape(B, C, t * s, H, W)
+            if first:
+                x = x[:, :, s - 1:]                                          # (B, C, 1 + s(t-1), H, W)
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")    # (B, C, T, 2H, 2W)
+        return self.conv(x, cache)
+
+
+class _Coder(nn.Module):
+    """conv_in, a list of blocks (each ``block(x, cache)``), norm, SiLU, conv_out."""
+
+    def _run(self, x: Tensor, cache: Cache) -> Tensor:
+        h = self.conv_in(x, cache)
+        for block in self.blocks:
+            if self.grad_checkpoint and cache is None and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h, cache)
+        return self.conv_out(F.silu(self.norm_out(h)), cache)
+
+
+def _middle(width: int, mode: str, cfg: VAEConfig) -> list[nn.Module]:
+    attn = [FrameAttention(width, cfg.heads(width), cfg.norm_groups)] if cfg.mid_attention else []
+    return [ResBlock(width, width, mode, cfg.norm_groups), *attn, ResBlock(width, width, mode, cfg.norm_groups)]
+
+
+class Encoder(_Coder):
+    """``(B, in_channels, T, H, W) -> (B, 2 * latent_channels, 1 + (T-1)/tf, H/sf, W/sf)`` (mean, logvar)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        mode, halvings = ("3d" if cfg.kind == "3d" else "2d"), int(math.log2(cfg.temporal_factor))
+        self.grad_checkpoint = cfg.grad_checkpoint
+        self.conv_in = make_conv(cfg.in_channels, cfg.channels[0], mode)
+        blocks, c = [], cfg.channels[0]
+        for level, width in enumerate(cfg.channels):
+            for _ in range(cfg.blocks_per_level):
+                blocks.append(ResBlock(c, width, mode, cfg.norm_groups))
+                c = width
+            if level < len(cfg.channels) - 1:
+                blocks.append(Downsample(c, 2 if level < halvings else 1))
+        self.blocks = nn.ModuleList(blocks + _middle(c, mode, cfg))
+        self.norm_out = FrameGroupNorm(cfg.norm_groups, c)
+        self.conv_out = make_conv(c, 2 * cfg.latent_channels, mode)
+
+    def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
+        return self._run(x, cache)                                           # (B, 2*Cz, t, h, w)
+
+
+class Decoder(_Coder):
+    """``(B, latent_channels, t, h, w) -> (B, in_channels, 1 + tf(t-1), h*sf, w*sf)``."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        mode, halvings = ("3d" if cfg.kind == "3d" else "2d+t"), int(math.log2(cfg.temporal_factor))
+        self.grad_checkpoint = cfg.grad_checkpoint
+        c = cfg.channels[-1]
+        self.conv_in = make_conv(cfg.latent_channels, c, mode)
+        blocks = _middle(c, mode, cfg)
+        for level in reversed(range(len(cfg.channels))):
+            for _ in range(cfg.blocks_per_level + 1):
+                blocks.append(ResBlock(c, cfg.channels[level], mode, cfg.norm_groups))
+                c = cfg.channels[level]
+            if level > 0:
+                blocks.append(Upsample(c, 2 if level - 1 < halvings else 1, mode))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_out = FrameGroupNorm(cfg.norm_groups, c)
+        self.conv_out = make_conv(c, cfg.in_channels, mode)
+
+    def forward(self, z: Tensor, cache: Cache = None) -> Tensor:
+        return self._run(z, cache)                                           # (B, C, T, H, W)
+
+
+class DiagonalGaussian:
+    """The posterior ``N(mean, exp(logvar))`` over latents, each ``(B, C, t, h, w)``."""
+
+    def __init__(self, mean: Tensor, logvar: Tensor):
+        # Clamped so exp() neither overflows nor collapses in early training.
+        self.mean, self.logvar = mean, logvar.clamp(-30.0, 20.0)
+
+    @classmethod
+    def from_moments(cls, moments: Tensor) -> "DiagonalGaussian":
+        mean, logvar = moments.chunk(2, dim=1)                               # (B, C, t, h, w) each
+        return cls(mean, logvar)
+
+    @property
+    def std(self) -> Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
+                            dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self) -> Tensor:
+        """KL to ``N(0, I)`` averaged over latent elements: ``(B,)`` (nats per element)."""
+        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        return kl.flatten(1).mean(1)
+
+
+#################################################################################
+#                          Tiles, chunks, pixel formats                         #
+#################################################################################
+
+
+def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Starts of overlapping tiles of ``tile`` cells covering ``n`` cells (the last one flush)."""
+    if tile >= n:
+        return [0]
+    return list(range(0, n - tile, tile - overlap)) + [n - tile]
+
+
+def _axis_weights(n: int, starts: list[int], tile: int, ramp: int) -> list[Tensor]:
+    """Blend weights along one axis (output units), one ``(length,)`` vector a tile, summing to
+    one at every position: a linear ramp of ``ramp`` cells on each side that meets another tile."""
+    raw = []
+    for s in starts:
+        length = min(tile, n - s)
+        w = torch.ones(length)
+        r = min(ramp, length)
+        up = torch.arange(1, r + 1, dtype=torch.float32) / (r + 1)          # never zero: safe to divide
+        if s > 0:
+            w[:r] = up
+        if s + length < n:
+            w[-r:] = torch.minimum(w[-r:], up.flip(0))
+        raw.append(w)
+    total = torch.zeros(n)
+    for s, w in zip(starts, raw):
+        total[s:s + len(w)] += w
+    return [w / total[s:s + len(w)] for s, w in zip(starts, raw)]
+
+
+def _to_pixels(frames) -> Tensor:
+    """uint8 ``(T, H, W, C)`` (numpy or torch) -> float ``(1, C, T, H, W)`` in [-1, 1]; float
+    ``(B, C, T, H, W)`` passes through."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(frames)
+    if frames.dtype == torch.uint8:
+        if frames.dim() != 4:
+            raise ValueError(f"uint8 frames must be (T, H, W, C), got shape {tuple(frames.shape)}")
+        return (frames.permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0)
+    return frames
+
+
+def _to_uint8(x: Tensor) -> np.ndarray:
+    """float ``(B, C, T, H, W)`` in [-1, 1] -> uint8 ``(B, T, H, W, C)`` numpy."""
+    x = (x.float().clamp(-1.0, 1.0) + 1.0).mul_(127.5).round_()
+    return x.to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+#################################################################################
+#                                  VideoVAE                                     #
+#################################################################################
+
+
+class VideoVAE(nn.Module):
+    """KL video autoencoder (see the module docstring for the design).
+
+    Videos are float ``(B, in_channels, T, H, W)`` in [-1, 1] with ``T = 1 + tf * k`` and
+    ``H, W`` divisible by ``sf``; latents ``(B, latent_channels, t, h, w)``. ``chunk`` counts
+    latent frames per pass and ``tile``/``overlap`` latent cells, in every method.
+    """
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.config.spatial_factor
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.config.temporal_factor
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(latent_channels, t, h, w)`` of a valid ``(frames, height, width)`` clip."""
+        self._check_size(frames, height, width)
+        sf = self.spatial_factor
+        return (self.config.latent_channels, 1 + (frames - 1) // self.temporal_factor, height // sf, width // sf)
+
+    def _check_size(self, frames: Optional[int], height: int, width: int) -> None:
+        tf, sf = self.temporal_factor, self.spatial_factor
+        if frames is not None and (frames < 1 or (frames - 1) % tf):
+            low = 1 + tf * ((frames - 1) // tf) if frames > 1 else 1
+            raise ValueError(
+                f"VideoVAE: a clip of T={frames} frames cannot be coded with temporal compression "
+                f"{tf}: accepted lengths are 1 + {tf}k ({', '.join(str(1 + tf * k) for k in range(5))}, ...); "
+                f"the nearest are {low} and {low + tf}")
+        if height % sf or width % sf:
+            raise ValueError(f"VideoVAE: frame size {height}x{width} is not divisible by the spatial "
+                             f"factor {sf}; crop or pad to a multiple of {sf}")
+
+    def _check_video(self, video: Tensor, frames: bool = True) -> None:
+        if video.dim() != 5 or video.shape[1] != self.config.in_channels:
+            raise ValueError(f"VideoVAE: expected a video (B, {self.config.in_channels}, T, H, W), "
+                             f"got shape {tuple(video.shape)}")
+        self._check_size(video.shape[2] if frames else None, *video.shape[3:])
+
+    def _check_latent(self, z: Tensor) -> None:
+        if z.dim() != 5 or z.shape[1] != self.config.latent_channels:
+            raise ValueError(f"VideoVAE: expected latents (B, {self.config.latent_channels}, t, h, w), "
+                             f"got shape {tuple(z.shape)}")
+
+    def _autocast(self, device: torch.device, enabled: bool):
+        """bf16 autocast (meant for GPUs) or a no-op."""
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _tiled(self, net: nn.Module, x: Tensor, caches: dict, tile: Optional[int],
+               overlap: Optional[int], scale_in: int, scale_out: int) -> Tensor:
+        """``net(x, cache)`` on overlapping spatial tiles of ``x``, blended; ``caches[i]`` is
+        tile ``i``'s causal cache. ``tile``/``overlap`` are latent cells, which are ``scale_in``
+        cells of ``x`` and ``scale_out`` cells of the output."""
+        h, w = x.shape[-2] // scale_in, x.shape[-1] // scale_in
+        if tile is None or (tile >= h and tile >= w):
+            return net(x, caches.setdefault(0, {}))
+        overlap = tile // 4 if overlap is None else overlap
+        if not 0 <= overlap < tile:
+            raise ValueError(f"VideoVAE: tile overlap must be in [0, tile={tile}), got {overlap}")
+        ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
+        wy = _axis_weights(h * scale_out, [s * scale_out for s in ys], tile * scale_out, overlap * scale_out)
+        wx = _axis_weights(w * scale_out, [s * scale_out for s in xs], tile * scale_out, overlap * scale_out)
+        out = None
+        for i, (y0, vy) in enumerate(zip(ys, wy)):
+            for j, (x0, vx) in enumerate(zip(xs, wx)):
+                piece = x[..., y0 * scale_in:(y0 + tile) * scale_in, x0 * scale_in:(x0 + tile) * scale_in]
+                y = net(piece, caches.setdefault((i, j), {}))                 # (B, C', T', th, tw)
+                if out is None:
+                    out = y.new_zeros(*y.shape[:3], h * scale_out, w * scale_out)
+                oy, ox = y0 * scale_out, x0 * scale_out
+                out[..., oy:oy + y.shape[-2], ox:ox + y.shape[-1]] += y * (vy[:, None] * vx[None, :]).to(y)
+        return out
+
+    # ----------------------------------------------------------------- encoding
+
+    def _frame_groups(self, frames, chunk: int) -> Iterator[Tensor]:
+        """Re-cut a video (a tensor, or an iterable of pieces) into pieces of ``chunk`` latent
+        frames: ``1 + tf(chunk-1)`` frames first, then ``tf * chunk``; each ``(B, C, T', H, W)``."""
+        tf = self.temporal_factor
+        pieces = [frames] if isinstance(frames, (Tensor, np.ndarray)) else frames
+        need, total, buf = 1 + tf * (chunk - 1), 0, None
+        for piece in pieces:
+            piece = _to_pixels(piece)
+            self._check_video(piece, frames=False)
+            total += piece.shape[2]
+            buf = piece if buf is None else torch.cat([buf, piece], 2)
+            while buf.shape[2] >= need:
+                yield buf[:, :, :need]
+                buf, need = buf[:, :, need:], tf * chunk
+        if buf is None:
+            raise ValueError("VideoVAE: no frames to encode")
+        # Valid totals leave a valid rest: the first group (1 + tf*m frames) or whole groups.
+        self._check_size(total, *buf.shape[-2:])
+        if buf.shape[2]:
+            yield buf
+
+    @torch.no_grad()
+    def encode_chunked(self, frames: Union[Tensor, np.ndarray, Iterable], chunk: int = 4,
+                       tile: Optional[int] = None, overlap: Optional[int] = None,
+                       autocast: bool = False) -> DiagonalGaussian:
+        """Encode a long video ``chunk`` latent frames at a time, carrying the causal cache, so
+        memory is one chunk's (exactly equal to :meth:`encode` of the whole clip without tiles).
+
+        ``frames``: a float video ``(B, C, T, H, W)``, a uint8 ``(T, H, W, C)`` array, or an
+        iterable of either cut anywhere in time (pieces are re-cut to the causal grouping).
+        """
+        if chunk < 1:
+            raise ValueError(f"VideoVAE: chunk must be >= 1 latent frame, got {chunk}")
+        if isinstance(frames, (Tensor, np.ndarray)):
+            self._check_video(_to_pixels(frames))
+        caches: dict = {}
+        sf = self.spatial_factor
+        with self._autocast(next(self.parameters()).device, autocast):
+            moments = [self._tiled(self.encoder, g, caches, tile, overlap, sf, 1).float()
+                       for g in self._frame_groups(frames, chunk)]
+        return DiagonalGaussian.from_moments(torch.cat(moments, 2))
+
+    def encode(self, video: Tensor, chunk: Optional[int] = None, tile: Optional[int] = None,
+               overlap: Optional[int] = None) -> DiagonalGaussian:
+        """Posterior over latents of ``video (B, C, T, H, W)``; differentiable in one pass, or
+        (with ``chunk`` or ``tile``) through :meth:`encode_chunked` without gradients."""
+        if chunk is not None or tile is not None:
+            return self.encode_chunked(video, chunk or video.shape[2], tile, overlap)
+        self._check_video(video)
+        return DiagonalGaussian.from_moments(self.encoder(video))           # (B, Cz, t, h, w) x 2
+
+    # ----------------------------------------------------------------- decoding
+
+    def _decode_pieces(self, z: Tensor, chunk: Optional[int], tile: Optional[int],
+                       overlap: Optional[int], autocast: bool) -> Iterator[Tensor]:
+        """Float ``(B, C, T', H, W)`` pieces of the decoded clip, ``chunk`` latent frames each."""
+        self._check_latent(z)
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"VideoVAE: chunk must be >= 1 latent frame, got {chunk}")
+        step, caches = chunk or z.shape[2], {}
+        for start in range(0, z.shape[2], step):
+            with self._autocast(z.device, autocast):
+                y = self._tiled(self.decoder, z[:, :, start:start + step], caches, tile, overlap, 1,
+                                self.spatial_factor)
+            yield y.float()
+
+    def decode(self, z: Tensor, chunk: Optional[int] = None, tile: Optional[int] = None,
+               overlap: Optional[int] = None) -> Tensor:
+        """``z (B, Cz, t, h, w) -> (B, C, 1 + tf(t-1), h*sf, w*sf)`` float; differentiable in one
+        pass, or chunked/tiled without gradients (chunking is exact, tiling approximate)."""
+        if chunk is None and tile is None:
+            self._check_latent(z)
+            return self.decoder(z)
+        with torch.no_grad():
+            return torch.cat(list(self._decode_pieces(z, chunk, tile, overlap, False)), 2)
+
+    @torch.no_grad()
+    def decode_stream(self, z: Tensor, chunk: int = 4, tile: Optional[int] = None,
+                      overlap: Optional[int] = None, autocast: bool = False) -> Iterator[np.ndarray]:
+        """Yield decoded frames as uint8 numpy arrays, ``chunk`` latent frames' worth at a time:
+        ``(T', H, W, C)`` for latents ``(Cz, t, h, w)``, ``(B, T', H, W, C)`` for ``(B, Cz, t, h, w)``.
+        Only one chunk is ever decoded in memory."""
+        single = z.dim() == 4
+        for y in self._decode_pieces(z[None] if single else z, chunk, tile, overlap, autocast):
+            frames = _to_uint8(y)                                            # (B, T', H, W, C)
+            yield frames[0] if single else frames
+
+    @torch.no_grad()
+    def decode_to_uint8(self, z: Tensor, out=None, chunk: int = 4, tile: Optional[int] = None,
+                        overlap: Optional[int] = None, autocast: bool = False):
+        """Decode into ``out``, a preallocated uint8 ``(T, H, W, C)`` (for ``(Cz, t, h, w)``) or
+        ``(B, T, H, W, C)`` numpy array or tensor (allocated when None); returns ``out``."""
+        single = z.dim() == 4
+        _, t, h, w = z.shape[-4:]
+        shape = ((z.shape[0],) if not single else ()) + (1 + self.temporal_factor * (t - 1),
+                                                         h * self.spatial_factor, w * self.spatial_factor,
+                                                         self.config.in_channels)
+        if out is None:
+            out = np.empty(shape, dtype=np.uint8)
+        if tuple(out.shape) != shape or out.dtype not in (np.uint8, torch.uint8):
+            raise ValueError(f"VideoVAE: out must be uint8 of shape {shape}, got {out.dtype} {tuple(out.shape)}")
+        pos = 0
+        for frames in self.decode_stream(z, chunk, tile, overlap, autocast):
+            n = frames.shape[-4]
+            piece = torch.from_numpy(frames) if isinstance(out, Tensor) else frames
+            out[..., pos:pos + n, :, :, :] = piece
+            pos += n
+        return out
+
+    # ------------------------------------------------------------ training, latents
+
+    def forward(self, video: Tensor, generator: Optional[torch.Generator] = None,
+                sample_posterior: bool = True) -> tuple[Tensor, DiagonalGaussian]:
+        """Training pass: ``video (B, C, T, H, W) -> (reconstruction (B, C, T, H, W), posterior)``,
+        decoding a posterior sample (or the mean with ``sample_posterior=False``)."""
+        posterior = self.encode(video)
+        z = posterior.sample(generator) if sample_posterior else posterior.mean   # (B, Cz, t, h, w)
+        return self.decoder(z), posterior
+
+    def to_latent(self, video: Tensor, sample: bool = False, generator: Optional[torch.Generator] = None,
+                  chunk: Optional[int] = None, tile: Optional[int] = None) -> Tensor:
+        """Diffusion-ready latents ``(mean - shift_factor) * scaling_factor``, ``(B, Cz, t, h, w)``;
+        with ``sample=True`` a posterior sample (drawn with ``generator``) replaces the mean."""
+        posterior = self.encode(video, chunk=chunk, tile=tile)
+        z = posterior.sample(generator) if sample else posterior.mean
+        return (z - self.config.shift_factor) * self.config.scaling_factor
+
+    def from_latent(self, z: Tensor, chunk: Optional[int] = None, tile: Optional[int] = None) -> Tensor:
+        """Inverse of :meth:`to_latent`, then :meth:`decode`: ``(B, Cz, t, h, w) -> (B, C, T, H, W)``."""
+        return self.decode(z / self.config.scaling_factor + self.config.shift_factor, chunk=chunk, tile=tile)
+
+    @torch.no_grad()
+    def estimate_latent_scaling(self, batches: Iterable, max_batches: Optional[int] = None,
+                                chunk: Optional[int] = None) -> tuple[float, float]:
+        """Set ``config.shift_factor`` to the mean and ``config.scaling_factor`` to 1 / std of the
+        posterior means over ``batches`` (videos as :meth:`encode` takes them), so
+        :meth:`to_latent` of that data has zero mean and unit variance; returns (shift, scale)."""
+        count, total, squares = 0, 0.0, 0.0
+        for i, video in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            mean = self.encode(_to_pixels(video), chunk=chunk).mean.double()
+            count, total, squares = count + mean.numel(), total + mean.sum().item(), squares + mean.pow(2).sum().item()
+        if count == 0:
+            raise ValueError("VideoVAE.estimate_latent_scaling: no batches")
+        shift = total / count
+        std = math.sqrt(max(squares / count - shift ** 2, 1e-12))
+        self.config.shift_factor, self.config.scaling_factor = shift, 1.0 / std
+        return shift, 1.0 / std
+
+
+#################################################################################
+#                                 Named sizes                                   #
+#################################################################################
+
+VAE_MODELS: dict[str, VAEConfig] = {
+    # Seconds-fast, for tests: 4x spatial, 4x temporal.
+    "vae-tiny": VAEConfig(latent_channels=4, channels=(8, 16, 16), blocks_per_level=1, head_dim=8,
+                          norm_groups=4),
+    # The CPU default: 4x spatial, 4x temporal, 8 latent channels.
+    "vae-s": VAEConfig(latent_channels=8, channels=(32, 64, 128), blocks_per_level=1, head_dim=64,
+                       norm_groups=16),
+    "vae-s-2d": VAEConfig(kind="2d", latent_channels=8, channels=(32, 64, 128), blocks_per_level=1,
+                          head_dim=64, norm_groups=16),
+    # GPU size: 8x spatial, 4x temporal, 16 latent channels.
+    "vae-b": VAEConfig(latent_channels=16, channels=(64, 128, 256, 256), blocks_per_level=2),
+}
