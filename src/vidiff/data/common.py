@@ -151,3 +151,12 @@ def geometric(a: float, b: float, frames: int) -> np.ndarray:
     if frames == 1:
         return np.array([a], dtype=np.float64)
     return a * (b / a) ** (np.arange(frames) / (frames - 1))
+
+
+def vocabulary_captions(dataset, limit: int = 4096) -> list[str]:
+    """Captions a built-in tokenizer's vocabulary is built from: the dataset's own list when
+    it has one (``captions()``), else the captions of its first ``limit`` items."""
+    if hasattr(dataset, "captions"):
+        captions = dataset.captions() if callable(dataset.captions) else dataset.captions
+        return list(captions)
+    return [str(dataset[i].get("caption", "")) for i in range(min(limit, len(dataset)))]

@@ -131,7 +131,8 @@ def _check_applicable(config: DataConfig) -> None:
 
 
 def build_dataset(config: Union[DataConfig, dict, str]):
-    """The dataset a :class:`DataConfig` (or a dict of its fields, or just a name) describes."""
+    """The dataset a :class:`DataConfig` (or a dict of its fields, or just a name) describes;
+    a path to a latent cache (``vidiff cache-latents``) gives a :class:`LatentCache`."""
     if isinstance(config, str):
         config = DataConfig(name=config)
     elif isinstance(config, dict):
@@ -143,6 +144,20 @@ def build_dataset(config: Union[DataConfig, dict, str]):
         raise ConfigError(f"data.name: {config.name!r} is neither a built-in dataset "
                           f"({', '.join(BUILTIN)}) nor an existing path to a folder of videos")
     _check_applicable(config)
+    if kind == "folder":
+        from vidiff.data.latents import LatentCache, is_latent_cache
+        if is_latent_cache(Path(config.name).expanduser()):
+            try:
+                cache = LatentCache(Path(config.name).expanduser())
+            except DatasetError as e:
+                raise ConfigError(f"data: {e}") from None
+            source = cache.index.get("source") or {}
+            for key in ("frames", "size"):
+                if key in source and source[key] != getattr(config, key):
+                    raise ConfigError(f"data.{key}={getattr(config, key)} but the latent cache "
+                                      f"{config.name!r} holds clips of {key} {source[key]}: set "
+                                      f"data.{key}={source[key]}")
+            return cache
     common = dict(frames=config.frames, size=config.size, seed=config.seed, length=config.length,
                   buckets=config.buckets)
     synthetic_fps = config.fps if config.fps is not None else 8.0

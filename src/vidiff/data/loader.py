@@ -15,23 +15,24 @@ from torch.utils.data import DataLoader, Sampler
 
 from vidiff.data.common import DatasetError
 
-_COMMON = ("video", "caption", "frame_stride", "index")
+_COMMON = ("video", "latents", "caption", "frame_stride", "index")
 
 
 def collate(items: Sequence[dict]) -> dict:
     """Stack a list of items into a batch.
 
-    ``video`` -> ``(B, 3, T, H, W)``; ``caption`` -> list of str; ``frame_stride`` -> float
+    ``video`` -> ``(B, 3, T, H, W)`` (or ``latents`` -> ``(B, Cz, t, h, w)``); ``caption`` -> list of str; ``frame_stride`` -> float
     ``(B,)``; ``index`` -> long ``(B,)``. Other keys: tensors of one shape are stacked,
     numbers become a tensor, anything else stays a list.
     """
     if not items:
         raise ValueError("collate needs at least one item")
-    shapes = {tuple(it["video"].shape) for it in items}
+    key = "video" if "video" in items[0] else "latents"    # a latent cache's items hold latents
+    shapes = {tuple(it[key].shape) for it in items}
     if len(shapes) > 1:
         raise DatasetError(f"cannot batch clips of different shapes {sorted(shapes)}; batch them by "
                            "shape with BucketBatchSampler (make_loader does when the dataset has buckets)")
-    batch = {"video": torch.stack([it["video"] for it in items]),
+    batch = {key: torch.stack([it[key] for it in items]),
              "caption": [str(it.get("caption", "")) for it in items],
              "frame_stride": torch.tensor([float(it.get("frame_stride", 1.0)) for it in items]),
              "index": torch.tensor([int(it.get("index", -1)) for it in items], dtype=torch.long)}

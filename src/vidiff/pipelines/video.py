@@ -34,11 +34,15 @@ def build_text_encoder_for(run, captions: Optional[list[str]] = None, text_dir: 
     return build_text_encoder(run.text, captions=captions)
 
 
-def build_network_for(run, text_encoder) -> nn.Module:
-    """The network a run config describes; its text width follows ``text_encoder``."""
+def build_network_for(run, text_encoder, vae=None) -> nn.Module:
+    """The network a run config describes; its text width follows ``text_encoder`` and, for a
+    latent model, its input and output channels follow the autoencoder ``vae``."""
     overrides = dict(run.model.overrides)
     overrides["text_dim"] = text_encoder.dim if text_encoder is not None else None
     overrides["pooled_dim"] = text_encoder.pooled_dim if text_encoder is not None else None
+    if vae is not None:
+        overrides["in_channels"] = vae.config.latent_channels
+        overrides["out_channels"] = None
     config = resolve_config(run.model.size, overrides)
     return build_from_config(architecture_of(config), config)
 
@@ -51,15 +55,17 @@ class VideoPipeline:
         schedule: the schedule it was trained with.
         parameterization: ``"eps"``, ``"v"``, ``"x0"`` or ``"flow"``.
         text_encoder: encodes prompts into a :class:`Conditioning` (None: unconditional).
-        frames, height, width: the default clip size (the training size).
+        frames, height, width: the default clip size in pixels (the training size).
         fps: frame rate of written videos.
+        vae: for a latent model, the autoencoder whose latents the network denoises; videos
+            are sampled as latents and decoded chunk by chunk (constant memory in length).
     """
 
     def __init__(self, network: nn.Module, schedule: Schedule, parameterization: str,
                  text_encoder=None, frames: int = 16, height: int = 32, width: int = 32,
-                 channels: int = 3, fps: float = 8.0, run_config=None):
+                 channels: int = 3, fps: float = 8.0, run_config=None, vae=None):
         self.network, self.schedule, self.parameterization = network, schedule, parameterization
-        self.text_encoder = text_encoder
+        self.text_encoder, self.vae = text_encoder, vae
         self.frames, self.height, self.width, self.channels, self.fps = frames, height, width, channels, fps
         self.run_config = run_config
         self.device = next(network.parameters()).device
@@ -99,11 +105,15 @@ class VideoPipeline:
         device = torch.device(device) if device is not None else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
         holder.to(device).eval()
+        vae = None
+        if (path / "vae").is_dir():
+            from vidiff.pipelines.autoencoder import load_autoencoder
+            vae = load_autoencoder(path / "vae", device=device)
         data = run.data
+        channels = vae.config.in_channels if vae is not None else config["network"].get("in_channels", 3)
         return cls(network, run.diffusion.make_schedule(), run.diffusion.parameterization,
                    text_encoder, frames=data.frames, height=data.size, width=data.size,
-                   channels=config["network"].get("in_channels", 3), fps=float(config.get("fps", 8.0)),
-                   run_config=run)
+                   channels=channels, fps=float(config.get("fps", 8.0)), run_config=run, vae=vae)
 
     # ------------------------------------------------------------------ conditioning
     def encode(self, prompts: list[str]) -> Optional[Conditioning]:
@@ -155,7 +165,7 @@ class VideoPipeline:
             raise ValueError("this model is unconditional: generate it without a prompt")
         T = num_frames or self.frames
         H, W = height or self.height, width or self.width
-        shape = (self.channels, T, H, W)
+        shape = self.vae.latent_shape(T, H, W) if self.vae is not None else (self.channels, T, H, W)
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + k))
                              for _ in prompts for k in range(samples)]).to(self.device)
         cond = negative = None
@@ -170,7 +180,10 @@ class VideoPipeline:
                     generator=torch.Generator().manual_seed(seed))
         if callback is not None:
             callback.close()
-        videos = [Video.from_tensor(clip.float().cpu(), fps=self.fps) for clip in x0]
+        if self.vae is not None:   # latents -> uint8 frames, decoded a few latent frames at a time
+            videos = [Video(self.vae.decode_to_uint8(z, chunk=2), fps=self.fps) for z in x0.float()]
+        else:
+            videos = [Video.from_tensor(clip.float().cpu(), fps=self.fps) for clip in x0]
         return videos[0] if single and samples == 1 else videos
 
 

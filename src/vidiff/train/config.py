@@ -24,9 +24,40 @@ from vidiff.text import TextEncoderConfig
 
 @dataclass
 class ModelConfig:
-    """A registry size plus overrides of its architecture config's fields."""
+    """A registry size plus overrides of its architecture config's fields.
+
+    ``size`` names a denoiser (``unet-demo``, ``dit-s/2``, ...) or an autoencoder (``vae-s``,
+    ...: the run then trains the autoencoder). ``vae`` makes a denoiser latent: the path of a
+    trained autoencoder checkpoint, frozen, whose latents the denoiser learns.
+    """
     size: str = "unet-demo"
     overrides: dict[str, Any] = field(default_factory=dict)
+    vae: Optional[str] = None
+
+
+@dataclass
+class AutoencoderConfig:
+    """Losses of an autoencoder run."""
+    reconstruction: str = "l1"          # "l1" or "l2"
+    kl_weight: float = 1e-6
+    temporal_weight: float = 0.0        # weight of the frame-difference loss
+    disc_weight: float = 0.0            # > 0: a patch discriminator, adversarial weight
+    disc_start: int = 0                 # step at which the adversarial terms switch on
+    disc_lr_ratio: float = 1.0
+    scaling_batches: int = 8            # batches that estimate the latent scale at each save
+
+    def __post_init__(self):
+        for ok, message in (
+            (self.reconstruction in ("l1", "l2"),
+             f"autoencoder.reconstruction: {self.reconstruction!r} is not one of ['l1', 'l2']"),
+            (min(self.kl_weight, self.temporal_weight, self.disc_weight) >= 0,
+             "autoencoder.kl_weight, temporal_weight and disc_weight must be >= 0"),
+            (self.disc_start >= 0 and self.disc_lr_ratio > 0,
+             "autoencoder.disc_start must be >= 0 and disc_lr_ratio > 0"),
+            (self.scaling_batches >= 1, f"autoencoder.scaling_batches must be >= 1, got {self.scaling_batches}"),
+        ):
+            if not ok:
+                raise ConfigError(message)
 
 
 @dataclass
@@ -130,6 +161,13 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+
+    @property
+    def task(self) -> str:
+        """``"autoencoder"`` when ``model.size`` names an autoencoder, else ``"denoiser"``."""
+        from vidiff.models.vae import VAE_MODELS
+        return "autoencoder" if self.model.size in VAE_MODELS else "denoiser"
 
 
 def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,

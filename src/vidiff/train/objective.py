@@ -77,14 +77,20 @@ class DiffusionObjective(nn.Module):
         logit_mean, logit_std: see :class:`~vidiff.train.config.DiffusionConfig`.
         text_dropout: probability that a sample trains with the null text (for guidance).
         frame_stride: pass the batch's frame stride to the network.
+        vae: a frozen :class:`~vidiff.models.VideoVAE` for a latent model: clips are encoded
+            to latents (posterior means, scaled) before noising, unless the batch already
+            holds them (``batch["latents"]``, from a latent cache).
     """
 
     def __init__(self, network: nn.Module, text_encoder: Optional[nn.Module], schedule: Schedule,
                  parameterization: str = "v", loss_weighting: str = "uniform",
                  min_snr_gamma: float = 5.0, time_distribution: str = "uniform",
                  logit_mean: float = 0.0, logit_std: float = 1.0, text_dropout: float = 0.1,
-                 frame_stride: bool = False):
+                 frame_stride: bool = False, vae: Optional[nn.Module] = None):
         super().__init__()
+        if vae is not None:
+            vae.requires_grad_(False).eval()
+        self.vae = vae
         self.network, self.text_encoder = network, text_encoder
         self.schedule, self.parameterization = schedule, parameterization
         self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
@@ -92,11 +98,24 @@ class DiffusionObjective(nn.Module):
         self.text_dropout, self.frame_stride = text_dropout, frame_stride
 
     def conditioning(self, captions: list[str], draws: Optional[SampleDraws],
-                     frame_stride: Optional[Tensor], device) -> Optional[Conditioning]:
-        parts = {}
+                     frame_stride: Optional[Tensor], device, cached: Optional[dict] = None) -> Optional[Conditioning]:
+        """The batch's conditioning; ``cached`` holds a latent cache's text (token ids for the
+        built-in encoder, or a frozen encoder's embeddings), used instead of the captions."""
+        parts, cached = {}, cached or {}
         if self.text_encoder is not None:
-            cond = self.text_encoder.conditioning(captions)
-            parts.update(text=cond.text, text_mask=cond.text_mask, text_pooled=cond.text_pooled)
+            if "text" in cached and cached["text"].shape[-1] == self.text_encoder.dim \
+                    and not getattr(self.text_encoder, "trainable", True):
+                parts.update(text=cached["text"], text_mask=cached["text_mask"].bool(),
+                             text_pooled=cached["text_pooled"])
+            elif "token_ids" in cached and getattr(self.text_encoder, "trainable", False):
+                mask = cached["token_mask"].bool()
+                keep = min(int(mask.sum(1).max()), self.text_encoder.max_length)   # trim padding
+                ids, mask = cached["token_ids"][:, :keep].to(device), mask[:, :keep].to(device)
+                text, pooled = self.text_encoder(ids, mask)
+                parts.update(text=text.float() * mask.unsqueeze(-1), text_mask=mask, text_pooled=pooled.float())
+            else:
+                cond = self.text_encoder.conditioning(captions)
+                parts.update(text=cond.text, text_mask=cond.text_mask, text_pooled=cond.text_pooled)
             if draws is not None and self.text_dropout > 0:
                 parts["drop_text"] = draws.uniform("text_dropout") < self.text_dropout
         if self.frame_stride and frame_stride is not None:
@@ -106,9 +125,12 @@ class DiffusionObjective(nn.Module):
         return Conditioning(**parts).to(device)
 
     def forward(self, batch: dict, draws: SampleDraws, image_step: bool = False) -> tuple[Tensor, dict]:
-        # batch["video"]: (B, C, T, H, W) in [-1, 1] (pixels) or latent units
-        x0 = batch["video"]
+        # batch["video"]: (B, C, T, H, W) in [-1, 1] (pixels); batch["latents"]: latent units
+        x0 = batch["latents"] if "latents" in batch else batch["video"]
         device = x0.device
+        if self.vae is not None and "latents" not in batch:
+            with torch.no_grad():
+                x0 = self.vae.to_latent(x0)                             # (B, Cz, t, h, w)
         if image_step:
             # Joint image-video training: one frame per sample, T = 1, same network.
             pick = (draws.uniform("image_frame") * x0.shape[2]).long().clamp(max=x0.shape[2] - 1)
@@ -116,7 +138,7 @@ class DiffusionObjective(nn.Module):
         t = draws.times(self.time_distribution, self.logit_mean, self.logit_std).to(device)
         noise = draws.normal(tuple(x0.shape[1:]), "noise").to(device=device, dtype=x0.dtype)
         x_t = self.schedule.add_noise(x0, noise, t)
-        cond = self.conditioning(batch["caption"], draws, batch.get("frame_stride"), device)
+        cond = self.conditioning(batch["caption"], draws, batch.get("frame_stride"), device, batch)
         pred = self.network(x_t, t, cond)
         loss = diffusion_loss(pred, x0, noise, t, self.schedule, self.parameterization,
                               self.loss_weighting, self.min_snr_gamma)

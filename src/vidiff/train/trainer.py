@@ -84,7 +84,8 @@ class Trainer:
         objective: an ``nn.Module`` whose forward is ``(batch, draws, image_step) -> (loss, metrics)``.
         dataset: map-style dataset of item dicts (``video``, ``caption``, ...).
         train: a :class:`~vidiff.train.config.TrainConfig`.
-        checkpoint_config: the dict stored as each checkpoint's config.json (what to rebuild).
+        checkpoint_config: the dict stored as each checkpoint's config.json (what to rebuild), or
+            ``fn(weights) -> dict`` when it depends on the weights being saved.
         save_extra: ``fn(tmp_dir, weights)`` that adds files to each checkpoint (the text
             encoder's folder); ``weights`` is the saved state (EMA when kept), unsharded.
         collate: turns a list of items into a batch (default ``vidiff.data.collate``).
@@ -108,8 +109,11 @@ class Trainer:
         self.micro_batch = per_step // (self.dist.world * train.grad_accum)
         self.objective = objective.to(self.dist.device)
         self.model = self._wrap(self.objective)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=train.lr, betas=(train.beta1, train.beta2),
+        # An objective with several models (an autoencoder and its discriminator) gives one
+        # parameter group each; otherwise every trainable parameter is one group.
+        groups = objective.param_groups(train.lr) if hasattr(objective, "param_groups") else \
+            [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
                                            weight_decay=train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, train.warmup_steps, train.steps,
@@ -243,7 +247,8 @@ class Trainer:
             indices = self._indices(step, micro)
             draws = SampleDraws(cfg.seed, step, indices, cfg.batch_size)
             batch = next(self._loader)
-            batch["video"] = batch["video"].to(self.dist.device, non_blocking=True)
+            batch = {k: v.to(self.dist.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
             sync = micro == cfg.grad_accum - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
             context = torch.autocast(self.dist.device.type, dtype=torch.bfloat16) \
                 if cfg.precision == "bf16" else _null_context()
@@ -367,10 +372,13 @@ class Trainer:
             trainer_state = {"optimizer": optimizer_state,
                              "scheduler": self.scheduler.state_dict(), "step": self.step,
                              "torch_rng": torch.get_rng_state(), "history": self.history}
-            config = {**self.checkpoint_config, "step": self.step}
+            weights = ema_state if ema_state is not None else model_state
+            # checkpoint_config may depend on the weights (an autoencoder's latent scale)
+            config = self.checkpoint_config(weights) if callable(self.checkpoint_config) \
+                else dict(self.checkpoint_config)
+            config["step"] = self.step
             extra = None
             if self.save_extra is not None:
-                weights = ema_state if ema_state is not None else model_state
                 extra = lambda tmp: self.save_extra(tmp, weights)  # noqa: E731
             path = save_checkpoint(self.out_dir / "checkpoints" / f"step_{self.step:07d}", config,
                                    model_state, ema_state, trainer_state, extra)

@@ -1,0 +1,99 @@
+"""Using a trained video autoencoder: loading it, reconstructing videos, fingerprinting it.
+
+``load_autoencoder(DIR)`` rebuilds a :class:`~vidiff.models.VideoVAE` from an autoencoder
+checkpoint; :func:`reconstruct` is ``vidiff reconstruct``: a video of any length and size
+through the autoencoder and back, with PSNR and SSIM.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vidiff.models.vae import VideoVAE
+from vidiff.video import Video
+
+
+def load_autoencoder(path, device=None, ema: bool = True) -> VideoVAE:
+    """A trained :class:`VideoVAE` from an autoencoder checkpoint (or run) directory, in eval
+    mode; its config carries the latent scaling estimated when the checkpoint was written."""
+    from vidiff.config import from_dict
+    from vidiff.models.vae import VAEConfig
+    from vidiff.train.checkpoint import CheckpointError, read_config, read_weights, resolve_checkpoint
+
+    path = resolve_checkpoint(path)
+    config = read_config(path, kind="autoencoder")
+    vae = VideoVAE(from_dict(VAEConfig, config["network"]))
+    state = {k[len("network."):]: v for k, v in read_weights(path, ema=ema).items() if k.startswith("network.")}
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"weights in {str(path)!r} do not match its autoencoder config: "
+                              f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    return vae.to(device or "cpu").eval()
+
+
+def autoencoder_fingerprint(path) -> str:
+    """A short hash of an autoencoder checkpoint's config and weights: what a latent cache
+    records so that latents are never used with another autoencoder."""
+    import hashlib
+    from vidiff.train.checkpoint import resolve_checkpoint
+    path = resolve_checkpoint(path)
+    digest = hashlib.sha256()
+    for name in ("config.json", "ema.safetensors", "model.safetensors"):
+        file = path / name
+        if file.is_file():
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def reconstruction_grid(vae: VideoVAE, videos: Tensor, fps: float = 8.0):
+    """Inputs beside their reconstructions, one row per clip: ``videos (B, C, T, H, W)``."""
+    with torch.no_grad():
+        recon = vae(videos, sample_posterior=False)[0].clamp(-1, 1)
+    cells = []
+    for original, rebuilt in zip(videos, recon):
+        cells += [Video.from_tensor(original, fps=fps), Video.from_tensor(rebuilt, fps=fps)]
+    return Video.grid(cells, cols=2)
+
+
+def psnr_ssim(reference, test) -> tuple[float, float]:
+    """Mean PSNR (dB) and SSIM over frames of two uint8 ``(T, H, W, 3)`` arrays."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    if reference.shape != test.shape:
+        raise ValueError(f"cannot compare videos of shapes {reference.shape} and {test.shape}")
+    psnr = [peak_signal_noise_ratio(r, t, data_range=255) for r, t in zip(reference, test)]
+    psnr = [p if np.isfinite(p) else 100.0 for p in psnr]     # identical frames: cap at 100 dB
+    side = min(reference.shape[1:3])
+    win = min(7, side if side % 2 else side - 1)
+    ssim = [structural_similarity(r, t, data_range=255, channel_axis=-1, win_size=win)
+            for r, t in zip(reference, test)]
+    return float(np.mean(psnr)), float(np.mean(ssim))
+
+
+def reconstruct(vae: VideoVAE, video: Video, chunk: int = 2, tile: Optional[int] = None) -> tuple[Video, float, float]:
+    """Encode and decode ``video`` with constant memory in its length; returns the
+    reconstruction (same frames, size and fps) with its mean PSNR (dB) and SSIM.
+
+    Any length and size is accepted: the clip is padded to the autoencoder's grid (the last
+    frame repeated up to ``1 + tf*k`` frames, edge pixels up to a multiple of the spatial
+    factor), coded ``chunk`` latent frames at a time, and cropped back.
+    """
+    frames = video.frames                                           # (T, H, W, 3) uint8
+    T, H, W, _ = frames.shape
+    tf, sf = vae.temporal_factor, vae.spatial_factor
+    pad_t = (-(T - 1)) % tf
+    pad_h, pad_w = (-H) % sf, (-W) % sf
+    padded = np.pad(frames, ((0, pad_t), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    device = next(vae.parameters()).device
+    with torch.no_grad():
+        # uint8 pieces in, so no float copy of the whole clip is ever made
+        pieces = (torch.from_numpy(padded[i:i + 16]).to(device) for i in range(0, len(padded), 16))
+        posterior = vae.encode_chunked(pieces, chunk=chunk, tile=tile)
+        out = vae.decode_to_uint8(posterior.mean[0], chunk=chunk, tile=tile)   # (T', H', W', 3)
+    rebuilt = np.ascontiguousarray(out[:T, :H, :W])
+    psnr, ssim = psnr_ssim(frames, rebuilt)
+    return Video(rebuilt, fps=video.fps), psnr, ssim
