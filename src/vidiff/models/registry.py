@@ -14,12 +14,15 @@ from torch import nn
 from vidiff.config import ConfigError, from_dict, to_dict
 from vidiff.models.dit import DIT_MODELS, DiTConfig, VideoDiT
 from vidiff.models.unet import UNET_MODELS, UNet3D, UNetConfig
+from vidiff.models.vae import VAE_MODELS, VAEConfig, VideoVAE
 
 ARCHITECTURES: dict[str, tuple[type, type]] = {
     "unet": (UNetConfig, UNet3D),
     "dit": (DiTConfig, VideoDiT),
+    "vae": (VAEConfig, VideoVAE),
 }
-MODELS: dict[str, Any] = {**UNET_MODELS, **DIT_MODELS}
+MODELS: dict[str, Any] = {**UNET_MODELS, **DIT_MODELS}       # denoisers
+AUTOENCODERS: dict[str, Any] = dict(VAE_MODELS)
 
 
 def architecture_of(config) -> str:
@@ -30,10 +33,12 @@ def architecture_of(config) -> str:
 
 
 def resolve_config(size: str, overrides: Optional[dict] = None):
-    """The registry config ``size`` with ``overrides`` applied (field names validated)."""
-    if size not in MODELS:
-        raise ConfigError(f"unknown model size {size!r}; accepted: {sorted(MODELS)}")
-    base = MODELS[size]
+    """The registry config ``size`` (a denoiser or an autoencoder) with ``overrides`` applied
+    (field names validated)."""
+    known = {**MODELS, **AUTOENCODERS}
+    if size not in known:
+        raise ConfigError(f"unknown model size {size!r}; accepted: {sorted(known)}")
+    base = known[size]
     data = to_dict(base)
     data.update(overrides or {})
     return from_dict(type(base), data, where=f"model {size!r}")

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from vidiff.config import ConfigError, apply_overrides, from_dict, load_file
 from vidiff.data import DataConfig
 from vidiff.diffusion import LOSS_WEIGHTINGS, PARAMETERIZATIONS, TIME_DISTRIBUTIONS, Schedule
+from vidiff.models.vae_losses import VAELossConfig
 from vidiff.text import TextEncoderConfig
 
 
@@ -36,28 +37,18 @@ class ModelConfig:
 
 
 @dataclass
-class AutoencoderConfig:
-    """Losses of an autoencoder run."""
-    reconstruction: str = "l1"          # "l1" or "l2"
-    kl_weight: float = 1e-6
-    temporal_weight: float = 0.0        # weight of the frame-difference loss
-    disc_weight: float = 0.0            # > 0: a patch discriminator, adversarial weight
-    disc_start: int = 0                 # step at which the adversarial terms switch on
+class AutoencoderConfig(VAELossConfig):
+    """An autoencoder run's losses (see :class:`~vidiff.models.vae_losses.VAELossConfig`) plus
+    the discriminator's learning rate and how many batches measure the latent scale."""
     disc_lr_ratio: float = 1.0
     scaling_batches: int = 8            # batches that estimate the latent scale at each save
 
     def __post_init__(self):
-        for ok, message in (
-            (self.reconstruction in ("l1", "l2"),
-             f"autoencoder.reconstruction: {self.reconstruction!r} is not one of ['l1', 'l2']"),
-            (min(self.kl_weight, self.temporal_weight, self.disc_weight) >= 0,
-             "autoencoder.kl_weight, temporal_weight and disc_weight must be >= 0"),
-            (self.disc_start >= 0 and self.disc_lr_ratio > 0,
-             "autoencoder.disc_start must be >= 0 and disc_lr_ratio > 0"),
-            (self.scaling_batches >= 1, f"autoencoder.scaling_batches must be >= 1, got {self.scaling_batches}"),
-        ):
-            if not ok:
-                raise ConfigError(message)
+        super().__post_init__()
+        if self.disc_lr_ratio <= 0 or self.scaling_batches < 1 or self.gan_start < 0:
+            raise ConfigError(f"autoencoder: disc_lr_ratio must be > 0, scaling_batches >= 1 and "
+                              f"gan_start >= 0, got {self.disc_lr_ratio}, {self.scaling_batches}, "
+                              f"{self.gan_start}")
 
 
 @dataclass

@@ -1,0 +1,146 @@
+"""Latent video diffusion end to end: train an autoencoder, reconstruct, cache latents, train
+a latent denoiser on the cache and on the fly, generate through the decoder."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vidiff
+from vidiff.cli import main
+from vidiff.data import build_dataset, collate
+from vidiff.data.common import DatasetError
+from vidiff.data.latents import LatentCache
+from vidiff.pipelines.autoencoder import load_autoencoder, psnr_ssim, reconstruct
+from vidiff.train.checkpoint import resolve_checkpoint
+from vidiff.train.config import load_run_config
+from vidiff.train.run import build_trainer, train
+
+DATA = {"name": "shapes", "frames": 5, "size": 16, "held_out": "demo"}
+VAE_RUN = {
+    "model": {"size": "vae-tiny"},
+    "data": {**DATA, "length": 24},
+    "autoencoder": {"kl_weight": 1e-4, "gan_weight": 0.1, "gan_start": 3, "temporal_weight": 0.5,
+                    "scaling_batches": 2},
+    "train": {"steps": 6, "batch_size": 4, "lr": 2e-3, "warmup_steps": 0, "checkpoint_every": 3,
+              "ema_decay": 0.9, "log_every": 3},
+}
+LATENT_RUN = {
+    "model": {"size": "unet-tiny"},
+    "data": {**DATA, "length": 8},
+    "text": {"dim": 32, "depth": 1, "heads": 2},
+    "train": {"steps": 4, "batch_size": 4, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every": 4,
+              "ema_decay": 0.0, "log_every": 2},
+    "sample": {"steps": 2},
+}
+
+
+def weights(path, ema=False):
+    return load_file(str(resolve_checkpoint(path) / ("ema.safetensors" if ema else "model.safetensors")))
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    run = load_run_config(None, [f"train.out_dir={out}"], base=VAE_RUN)
+    train(run, progress=False)
+    return out
+
+
+def test_autoencoder_run_writes_a_scaled_checkpoint_and_samples(vae_dir):
+    config = json.loads((resolve_checkpoint(vae_dir) / "config.json").read_text())
+    assert config["kind"] == "autoencoder" and config["step"] == 6
+    stored = weights(vae_dir)
+    assert any(k.startswith("discriminator.") for k in stored)      # the GAN part trained too
+    assert (vae_dir / "samples" / "step_0000006.mp4").is_file()     # inputs beside reconstructions
+    # the stored shift and scale give zero-mean, unit-variance latents on the data they came from
+    vae = load_autoencoder(vae_dir)
+    dataset = build_dataset(load_run_config(None, [], base=VAE_RUN).data)
+    clips = collate([dataset[i] for i in range(8)])["video"]
+    z = vae.to_latent(clips).double()
+    assert abs(z.mean().item()) < 1e-4 and abs(z.std(unbiased=False).item() - 1) < 1e-4
+
+
+def test_autoencoder_resume_equals_uninterrupted(tmp_path):
+    def run(name, *extra):
+        return load_run_config(None, [f"train.out_dir={tmp_path / name}", *extra], base=VAE_RUN)
+    build_trainer(run("a"), progress=False).fit()
+    interrupted = build_trainer(run("b"), progress=False)
+    interrupted.fit(until=4)                                     # past disc_start: both models train
+    build_trainer(run("b"), resume=str(tmp_path / "b"), progress=False).fit()
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_reconstruct_any_length_and_size(vae_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    frames = np.zeros((7, 18, 22, 3), np.uint8)                  # 7 frames: not 1 + 4k; 18x22: not /4
+    frames[:, 4:12, 6:14] = rng.integers(0, 255, 3, dtype=np.uint8)
+    vidiff.Video(frames, fps=10).save(tmp_path / "in")           # PNG folder: lossless
+    report = tmp_path / "report.json"
+    assert main(["reconstruct", str(tmp_path / "in"), "--vae", str(vae_dir), "--out",
+                 str(tmp_path / "rec"), "--json", str(report)]) == 0
+    rebuilt = vidiff.Video.load(tmp_path / "rec")
+    assert rebuilt.frames.shape == frames.shape and rebuilt.fps == 10
+    psnr, ssim = psnr_ssim(frames, rebuilt.frames)              # what was written is what was scored
+    data = json.loads(report.read_text())
+    assert data["psnr_db"] == pytest.approx(psnr) and data["ssim"] == pytest.approx(ssim)
+    # chunking is exact: one chunk or many give the same frames
+    vae = load_autoencoder(vae_dir)
+    video = vidiff.Video(frames, fps=10)
+    assert np.array_equal(reconstruct(vae, video, chunk=1)[0].frames, reconstruct(vae, video, chunk=8)[0].frames)
+
+
+def test_latent_cache_round_trip_and_training_matches_on_the_fly(vae_dir, tmp_path):
+    cache = tmp_path / "cache"
+    assert main(["cache-latents", "shapes", "--vae", str(vae_dir), "--out", str(cache), "--shard-size", "3",
+                 "length=8", "held_out=demo"]) == 0
+    dataset = LatentCache(cache)
+    source = build_dataset(load_run_config(None, [], base=LATENT_RUN).data)
+    vae = load_autoencoder(vae_dir)
+    for i in (0, 4, 7):                                          # shards of 3: items cross shard borders
+        item = dataset[i]
+        expected = vae.to_latent(source[i]["video"][None])[0]
+        assert torch.allclose(item["latents"], expected, atol=1e-5) and item["caption"] == source[i]["caption"]
+
+    def run(name, *extra):
+        return load_run_config(None, [f"train.out_dir={tmp_path / name}", f"model.vae={vae_dir}", *extra],
+                               base=LATENT_RUN)
+    fly = build_trainer(run("fly"), progress=False)
+    fly.fit()
+    cached = build_trainer(run("cached", f"data.name={cache}", "data.held_out=none"), progress=False)
+    cached.fit()
+    assert cached.dataset.cached_text                           # token ids came from the cache
+    a, b = weights(tmp_path / "fly"), weights(tmp_path / "cached")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
+    # the latent model carries its autoencoder and generates pixels
+    pipe = vidiff.load(tmp_path / "cached")
+    assert pipe.vae is not None
+    video = pipe.generate("a red circle moving right", steps=2, seed=0)
+    assert video.frames.shape == (5, 16, 16, 3)
+
+
+def test_latent_cache_bad_input(vae_dir, tmp_path):
+    cache = tmp_path / "cache"
+    assert main(["cache-latents", "shapes", "--vae", str(vae_dir), "--out", str(cache), "--shard-size", "2",
+                 "length=4"]) == 0
+    with pytest.raises(DatasetError, match="another autoencoder|not by this run"):
+        LatentCache(cache, vae="0" * 16)
+    shard = cache / "shard_00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF                                             # flip bits in the tensor data
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="shard_00001.safetensors"):
+        LatentCache(cache)[3]
+    shard.unlink()
+    with pytest.raises(DatasetError, match="shard_00001.safetensors"):
+        LatentCache(cache)
+    # a clip length the temporal compression cannot take is refused with the accepted lengths
+    assert main(["cache-latents", "shapes", "--vae", str(vae_dir), "--out", str(tmp_path / "bad"),
+                 "length=4", "frames=6"]) == 2
+    assert not (tmp_path / "bad" / "index.json").exists()
