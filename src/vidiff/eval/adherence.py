@@ -7,7 +7,7 @@ separately: the second measures compositional generalisation.
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from vidiff.data.shapes import all_triples, caption
 from vidiff.eval.shapes import score
@@ -15,12 +15,14 @@ from vidiff.eval.shapes import score
 
 def shapes_adherence(pipe, held_out: Sequence[tuple[str, str, str]] = (), samples: int = 4,
                      steps: int = 20, sampler: str = "dpmpp_2m", guidance: float = 5.0,
-                     seed: int = 0, batch: int = 64, progress: bool = True) -> dict:
+                     seed: int = 0, batch: int = 64, progress: bool = True,
+                     on_videos: Optional[Callable[[str, list], None]] = None) -> dict:
     """Score ``pipe`` on ``samples`` clips of every MovingShapes triple.
 
     Returns ``{"seen": {...}, "held_out": {...} (if any), "seconds_per_clip", "settings"}``
     where each part holds ``adherence`` and per-attribute accuracies (see
-    :func:`vidiff.eval.shapes.score`) without the per-clip detections.
+    :func:`vidiff.eval.shapes.score`) without the per-clip detections. ``on_videos(part,
+    videos)`` receives each part's generated clips (a list of ``Video``) after the timing.
     """
     held = {tuple(t) for t in held_out}
     groups = {"seen": [t for t in all_triples() if t not in held],
@@ -31,7 +33,7 @@ def shapes_adherence(pipe, held_out: Sequence[tuple[str, str, str]] = (), sample
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(len(g) for g in groups.values()) * samples, desc="evaluating", unit="clip")
-    start, clips = time.perf_counter(), 0
+    start, clips, generated = time.perf_counter(), 0, {}
     for name, triples in groups.items():
         if not triples:
             continue
@@ -50,9 +52,13 @@ def shapes_adherence(pipe, held_out: Sequence[tuple[str, str, str]] = (), sample
         result.pop("detections", None)
         report[name] = result
         clips += len(videos)
+        if on_videos is not None:
+            generated[name] = videos
     if bar is not None:
         bar.close()
     report["seconds_per_clip"] = (time.perf_counter() - start) / max(clips, 1)
+    for name, videos in generated.items():
+        on_videos(name, videos)
     return report
 
 

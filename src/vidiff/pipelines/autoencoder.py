@@ -60,18 +60,11 @@ def reconstruction_grid(vae: VideoVAE, videos: Tensor, fps: float = 8.0):
     return Video.grid(cells, cols=2)
 
 
-def psnr_ssim(reference, test) -> tuple[float, float]:
+def psnr_ssim(reference: np.ndarray, test: np.ndarray) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM over frames of two uint8 ``(T, H, W, 3)`` arrays."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-    if reference.shape != test.shape:
-        raise ValueError(f"cannot compare videos of shapes {reference.shape} and {test.shape}")
-    psnr = [peak_signal_noise_ratio(r, t, data_range=255) for r, t in zip(reference, test)]
-    psnr = [p if np.isfinite(p) else 100.0 for p in psnr]     # identical frames: cap at 100 dB
-    side = min(reference.shape[1:3])
-    win = min(7, side if side % 2 else side - 1)
-    ssim = [structural_similarity(r, t, data_range=255, channel_axis=-1, win_size=win)
-            for r, t in zip(reference, test)]
-    return float(np.mean(psnr)), float(np.mean(ssim))
+    from vidiff.eval.temporal import psnr_ssim as per_frame
+    scores = per_frame(test, reference)
+    return float(np.mean(scores["psnr"])), float(np.mean(scores["ssim"]))
 
 
 def reconstruct(vae: VideoVAE, video: Video, chunk: int = 2, tile: Optional[int] = None) -> tuple[Video, float, float]:
