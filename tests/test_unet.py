@@ -168,6 +168,21 @@ def test_temporal_attention_knows_frame_order():
     assert not torch.allclose(forward, backward, atol=1e-4)
 
 
+def test_frame_embedding_gives_absolute_positions():
+    # Identical frames stay identical through the identity temporal layers unless each frame
+    # knows its index; T = 1 (images) skips the embedding like every temporal op.
+    plain, indexed = make(), make(frame_embedding=True)
+    still, t = clip(T=1).expand(-1, -1, 4, -1, -1).contiguous(), torch.rand(2)
+    with torch.no_grad():
+        out = plain(still, t)
+        assert torch.allclose(out, out[:, :, :1].expand_as(out), atol=1e-5)
+        out = indexed(still, t)
+        assert not torch.allclose(out[:, :, 0], out[:, :, 3], atol=1e-3)
+        same = {k: v for k, v in indexed.state_dict().items() if not k.startswith("frame_embed.")}
+        plain.load_state_dict(same)          # identical weights but the frame embedding
+        assert torch.equal(indexed(still[:, :, :1], t), plain(still[:, :, :1], t))
+
+
 # --------------------------------------------------------------------------- training signal
 def full_cond(B: int = 2, T: int = 4) -> Conditioning:
     mask = torch.zeros(B, 1, T, 16, 16)
@@ -180,7 +195,7 @@ def full_cond(B: int = 2, T: int = 4) -> Conditioning:
 
 def test_gradients_reach_every_parameter_after_a_few_steps():
     model = make(text_dim=TEXT_DIM, pooled_dim=7, known_frames=True, frame_stride=True,
-                 low_res=True, dropout=0.1).train()
+                 low_res=True, frame_embedding=True, dropout=0.1).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, t, cond = clip(), torch.rand(2), full_cond()
     for _ in range(4):

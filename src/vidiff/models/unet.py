@@ -43,7 +43,8 @@ from torch.utils.checkpoint import checkpoint
 from vidiff.config import ConfigError
 from vidiff.conditioning import Conditioning
 from vidiff.models.condition import ConditionEmbedder
-from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin, xavier_linears, zero_module
+from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, rotary_cos_sin, xavier_linears,
+                                 zero_module)
 
 #################################################################################
 #                                    Config                                     #
@@ -73,6 +74,7 @@ class UNetConfig:
     pooled_dim: Optional[int] = None
     known_frames: bool = False                # known/mask as extra input channels
     frame_stride: bool = False                # embed cond.frame_stride
+    frame_embedding: bool = False             # add an absolute frame-index embedding at the input
     low_res: bool = False                     # super-resolution: upsampled low-res clip as input
     patch: int = 1                            # space-to-depth stem: compute at H/patch x W/patch
     conv3d: bool = False                      # full k x 3 x 3 convs instead of pseudo-3D
@@ -357,6 +359,11 @@ class UNet3D(nn.Module):
         # "right resolution inside the network" without losing a pixel of the output.
         p2 = cfg.patch ** 2
         self.conv_in = nn.Conv2d((cfg.in_channels + self.cond.extra_channels) * p2, ch[0], 3, padding=1)
+        # Absolute frame positions (sinusoids of the frame index through an MLP), added to every
+        # pixel of each frame: where an object is at frame k follows directly from k, which a
+        # small model learns far sooner than from relative (rotary) positions alone. It ties
+        # the model to the trained length; rotary temporal attention stays for the rest.
+        self.frame_embed = TimestepEmbedder(ch[0], freq_dim=64, scale=1.0) if cfg.frame_embedding else None
 
         def layer(c_in: int, c_out: int, level: int) -> Layer:
             s, c, t = cfg.attends(level)
@@ -446,6 +453,8 @@ class UNet3D(nn.Module):
         if self.config.patch > 1:
             h = F.pixel_unshuffle(h, self.config.patch)                         # (B*T, C_in' p^2, H/p, W/p)
         h = self.conv_in(h)                                                     # (B*T, C0, H/p, W/p)
+        if self.frame_embed is not None and T > 1:
+            h = h + self.frame_embed(frames.float()).repeat(B, 1)[:, :, None, None]  # + (B*T, C0, 1, 1)
         skips = [h]
         for module in self.down:
             h = self._run(module, h, ctx)                                       # (B*T, C_i, H_i, W_i)
