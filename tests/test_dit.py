@@ -20,14 +20,7 @@ TINY = DIT_MODELS["dit-tiny"]
 TEXT_DIM = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tensors here are tiny: a second thread only adds synchronisation, which on a shared
-    # 2-core machine costs more than the work itself.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def is_temporal_out(name: str) -> bool:

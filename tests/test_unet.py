@@ -15,14 +15,7 @@ TINY = UNET_MODELS["unet-tiny"]
 TEXT_DIM = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared machine OpenMP threads
-    # that wait for a busy core slow these tests down by an order of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(seed: int = 0, **overrides) -> UNet3D:

@@ -1,0 +1,1 @@
+from vidiff.models.vae import VAE_MODELS, VAEConfig, VideoVAE  # noqa: F401

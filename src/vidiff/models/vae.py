@@ -67,7 +67,8 @@ class VAEConfig:
     temporal_factor: int = 4                  # 1, 2, 4, ... (a power of two)
     mid_attention: bool = True                # per-frame self-attention in the middle blocks
     head_dim: int = 64
-    norm_groups: int = 32
+    norm: Literal["channel", "group"] = "channel"   # RMS per pixel, or GroupNorm per frame
+    norm_groups: int = 32                     # for norm="group"
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
     grad_checkpoint: bool = False
@@ -87,7 +88,8 @@ class VAEConfig:
             (halvings <= levels - 1, f"temporal_factor={self.temporal_factor} needs at least "
                                      f"{halvings + 1} levels of channels, got {levels}"),
             (self.scaling_factor > 0, f"scaling_factor must be positive, got {self.scaling_factor}"),
-            (all(c % self.norm_groups == 0 for c in self.channels),
+            (self.norm in ("channel", "group"), f"norm must be 'channel' or 'group', got {self.norm!r}"),
+            (self.norm != "group" or all(c % self.norm_groups == 0 for c in self.channels),
              f"every width in channels={self.channels} must be divisible by norm_groups={self.norm_groups}"),
         ):
             if not ok:
@@ -167,29 +169,55 @@ class FrameGroupNorm(nn.GroupNorm):
     """GroupNorm with statistics per frame: ``(B, C, T, H, W) -> (B, C, T, H, W)``.
 
     Statistics over ``(C/G, H, W)`` of each frame, never across time, so a frame's output
-    does not depend on other frames (causality and chunking stay exact). Computed in float32.
+    does not depend on other frames (causality and chunking stay exact).
     """
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, T, H, W = x.shape
-        G = self.num_groups
-        g = x.view(B, G, C // G, T, H, W)
-        var, mean = torch.var_mean(g.float(), dim=(2, 4, 5), keepdim=True, correction=0)  # (B, G, 1, T, 1, 1)
-        # Fold the normalisation and the affine into one multiply-add over the activations.
-        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, G, C // G, 1, 1, 1)    # (B, G, C/G, T, 1, 1)
-        shift = self.bias.view(1, G, C // G, 1, 1, 1) - mean * scale
-        return torch.addcmul(shift.to(x.dtype), g, scale.to(x.dtype)).view(B, C, T, H, W)
+        # Frames as the batch of torch's fused group_norm: 2-3x faster (forward and backward)
+        # than composing var_mean and a multiply-add, copies included.
+        frames = x.transpose(1, 2).reshape(B * T, C, H, W)                  # (B*T, C, H, W)
+        y = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        return y.view(B, T, C, H, W).transpose(1, 2).contiguous()           # (B, C, T, H, W)
+
+
+class ChannelRMSNorm(nn.Module):
+    """RMS normalisation over the channels of each pixel, with a learned gain and bias:
+    ``(B, C, T, H, W) -> (B, C, T, H, W)``.
+
+    No statistic spans pixels, let alone frames: causality and chunking stay exact, and a
+    spatial tile normalises exactly as it would inside the whole frame, so tiled decoding only
+    differs from whole-frame decoding by the conv padding at tile borders (and the middle
+    attention, when enabled), which the blend hides.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps, self.scale = eps, channels ** 0.5
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        # ||x|| / sqrt(C) is the RMS; normalize() clamps the norm at eps, so zeros stay finite.
+        y = F.normalize(x, dim=1, eps=self.eps) * self.scale                 # (B, C, T, H, W)
+        return torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
+
+
+def make_norm(channels: int, cfg: "VAEConfig") -> nn.Module:
+    """The config's per-frame normalisation: "channel" (per pixel) or "group" (per frame)."""
+    return ChannelRMSNorm(channels) if cfg.norm == "channel" else FrameGroupNorm(cfg.norm_groups, channels)
 
 
 class ResBlock(nn.Module):
     """Norm-SiLU-conv twice, plus a (1x1x1 when the width changes) skip:
     ``(B, C_in, T, H, W) -> (B, C_out, T, H, W)``."""
 
-    def __init__(self, c_in: int, c_out: int, mode: str, groups: int):
+    def __init__(self, c_in: int, c_out: int, mode: str, cfg: "VAEConfig"):
         super().__init__()
-        self.norm1 = FrameGroupNorm(groups, c_in)
+        self.norm1 = make_norm(c_in, cfg)
         self.conv1 = make_conv(c_in, c_out, mode)
-        self.norm2 = FrameGroupNorm(groups, c_out)
+        self.norm2 = make_norm(c_out, cfg)
         self.conv2 = make_conv(c_out, c_out, mode)
         self.skip = CausalConv3d(c_in, c_out, 1, temporal_kernel=1) if c_in != c_out else None
 
@@ -203,9 +231,10 @@ class FrameAttention(nn.Module):
     """Residual self-attention among the pixels of each frame (per frame, so causal):
     ``(B, C, T, H, W) -> (B, C, T, H, W)``; the output projection starts at zero."""
 
-    def __init__(self, dim: int, heads: int, groups: int):
+    def __init__(self, dim: int, cfg: "VAEConfig"):
         super().__init__()
-        self.norm = FrameGroupNorm(groups, dim)
+        self.norm = make_norm(dim, cfg)
+        heads = cfg.heads(dim)
         self.attn = Attention(dim, heads, zero_init=True)
 
     def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
@@ -247,14 +276,15 @@ class Downsample(nn.Module):
 
 class Upsample(nn.Module):
     """Mirror of :class:`Downsample`: with ``temporal=2`` a 1x1x1 conv makes two frames of each
-    latent frame, of which latent frame 0 keeps only the last; then nearest 2x and a 3x3 conv.
-    ``(B, C, t, H, W) -> (B, C, 1 + 2(t-1) or t, 2H, 2W)`` (a later chunk: ``t -> 2t``)."""
+    latent frame, of which latent frame 0 keeps only the last; then nearest 2x and a 3x3 conv
+    to the next level's width (narrower, so the conv at the larger size costs less).
+    ``(B, C_in, t, H, W) -> (B, C_out, 1 + 2(t-1) or t, 2H, 2W)`` (a later chunk: ``t -> 2t``)."""
 
-    def __init__(self, channels: int, temporal: int, mode: str):
+    def __init__(self, c_in: int, c_out: int, temporal: int, mode: str):
         super().__init__()
         self.temporal = temporal
-        self.time = CausalConv3d(channels, channels * temporal, 1, temporal_kernel=1) if temporal > 1 else None
-        self.conv = make_conv(channels, channels, mode)
+        self.time = CausalConv3d(c_in, c_in * temporal, 1, temporal_kernel=1) if temporal > 1 else None
+        self.conv = make_conv(c_in, c_out, mode)
 
     def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
         s = self.temporal
@@ -264,8 +294,8 @@ class Upsample(nn.Module):
             x = self.time(x).view(B, C, s, t, H, W).transpose(2, 3).reshape(B, C, t * s, H, W)
             if first:
                 x = x[:, :, s - 1:]                                          # (B, C, 1 + s(t-1), H, W)
-        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")    # (B, C, T, 2H, 2W)
-        return self.conv(x, cache)
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")    # (B, C_in, T, 2H, 2W)
+        return self.conv(x, cache)                                           # (B, C_out, T, 2H, 2W)
 
 
 class _Coder(nn.Module):
@@ -282,8 +312,8 @@ class _Coder(nn.Module):
 
 
 def _middle(width: int, mode: str, cfg: VAEConfig) -> list[nn.Module]:
-    attn = [FrameAttention(width, cfg.heads(width), cfg.norm_groups)] if cfg.mid_attention else []
-    return [ResBlock(width, width, mode, cfg.norm_groups), *attn, ResBlock(width, width, mode, cfg.norm_groups)]
+    attn = [FrameAttention(width, cfg)] if cfg.mid_attention else []
+    return [ResBlock(width, width, mode, cfg), *attn, ResBlock(width, width, mode, cfg)]
 
 
 class Encoder(_Coder):
@@ -297,12 +327,12 @@ class Encoder(_Coder):
         blocks, c = [], cfg.channels[0]
         for level, width in enumerate(cfg.channels):
             for _ in range(cfg.blocks_per_level):
-                blocks.append(ResBlock(c, width, mode, cfg.norm_groups))
+                blocks.append(ResBlock(c, width, mode, cfg))
                 c = width
             if level < len(cfg.channels) - 1:
                 blocks.append(Downsample(c, 2 if level < halvings else 1))
         self.blocks = nn.ModuleList(blocks + _middle(c, mode, cfg))
-        self.norm_out = FrameGroupNorm(cfg.norm_groups, c)
+        self.norm_out = make_norm(c, cfg)
         self.conv_out = make_conv(c, 2 * cfg.latent_channels, mode)
 
     def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
@@ -321,12 +351,13 @@ class Decoder(_Coder):
         blocks = _middle(c, mode, cfg)
         for level in reversed(range(len(cfg.channels))):
             for _ in range(cfg.blocks_per_level + 1):
-                blocks.append(ResBlock(c, cfg.channels[level], mode, cfg.norm_groups))
+                blocks.append(ResBlock(c, cfg.channels[level], mode, cfg))
                 c = cfg.channels[level]
             if level > 0:
-                blocks.append(Upsample(c, 2 if level - 1 < halvings else 1, mode))
+                blocks.append(Upsample(c, cfg.channels[level - 1], 2 if level - 1 < halvings else 1, mode))
+                c = cfg.channels[level - 1]
         self.blocks = nn.ModuleList(blocks)
-        self.norm_out = FrameGroupNorm(cfg.norm_groups, c)
+        self.norm_out = make_norm(c, cfg)
         self.conv_out = make_conv(c, cfg.in_channels, mode)
 
     def forward(self, z: Tensor, cache: Cache = None) -> Tensor:
@@ -384,9 +415,9 @@ def _axis_weights(n: int, starts: list[int], tile: int, ramp: int) -> list[Tenso
         w = torch.ones(length)
         r = min(ramp, length)
         up = torch.arange(1, r + 1, dtype=torch.float32) / (r + 1)          # never zero: safe to divide
-        if s > 0:
+        if r and s > 0:
             w[:r] = up
-        if s + length < n:
+        if r and s + length < n:
             w[-r:] = torch.minimum(w[-r:], up.flip(0))
         raw.append(w)
     total = torch.zeros(n)
@@ -423,7 +454,8 @@ class VideoVAE(nn.Module):
 
     Videos are float ``(B, in_channels, T, H, W)`` in [-1, 1] with ``T = 1 + tf * k`` and
     ``H, W`` divisible by ``sf``; latents ``(B, latent_channels, t, h, w)``. ``chunk`` counts
-    latent frames per pass and ``tile``/``overlap`` latent cells, in every method.
+    latent frames per pass, beyond latent frame 0 in the first pass (so passes code ``1 + tf *
+    chunk`` frames, then ``tf * chunk``), and ``tile``/``overlap`` count latent cells.
     """
 
     def __init__(self, config: VAEConfig):
@@ -439,6 +471,12 @@ class VideoVAE(nn.Module):
     @property
     def temporal_factor(self) -> int:
         return self.config.temporal_factor
+
+    @property
+    def last_layer(self) -> Tensor:
+        """The decoder's output conv weight (for the adaptive GAN weight in ``vae_losses``)."""
+        out = self.decoder.conv_out
+        return (out.temporal if isinstance(out, FactorizedCausalConv) else out).conv.weight
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(latent_channels, t, h, w)`` of a valid ``(frames, height, width)`` clip."""
@@ -501,11 +539,12 @@ class VideoVAE(nn.Module):
     # ----------------------------------------------------------------- encoding
 
     def _frame_groups(self, frames, chunk: int) -> Iterator[Tensor]:
-        """Re-cut a video (a tensor, or an iterable of pieces) into pieces of ``chunk`` latent
-        frames: ``1 + tf(chunk-1)`` frames first, then ``tf * chunk``; each ``(B, C, T', H, W)``."""
+        """Re-cut a video (a tensor, or an iterable of pieces) into the frames of ``chunk`` latent
+        frames (plus latent 0 in the first): ``1 + tf * chunk`` frames first, then ``tf * chunk``;
+        each ``(B, C, T', H, W)``."""
         tf = self.temporal_factor
         pieces = [frames] if isinstance(frames, (Tensor, np.ndarray)) else frames
-        need, total, buf = 1 + tf * (chunk - 1), 0, None
+        need, total, buf = 1 + tf * chunk, 0, None
         for piece in pieces:
             piece = _to_pixels(piece)
             self._check_video(piece, frames=False)
@@ -555,14 +594,17 @@ class VideoVAE(nn.Module):
 
     def _decode_pieces(self, z: Tensor, chunk: Optional[int], tile: Optional[int],
                        overlap: Optional[int], autocast: bool) -> Iterator[Tensor]:
-        """Float ``(B, C, T', H, W)`` pieces of the decoded clip, ``chunk`` latent frames each."""
+        """Float ``(B, C, T', H, W)`` pieces of the decoded clip: latent frames ``0..chunk``, then
+        ``chunk`` more at a time, so every piece but the last decodes ``1 + tf * chunk`` or
+        ``tf * chunk`` frames (a clip of ``1 + tf * chunk`` frames is one piece)."""
         self._check_latent(z)
         if chunk is not None and chunk < 1:
             raise ValueError(f"VideoVAE: chunk must be >= 1 latent frame, got {chunk}")
         step, caches = chunk or z.shape[2], {}
-        for start in range(0, z.shape[2], step):
+        bounds = [0] + list(range(1 + step, z.shape[2], step)) + [z.shape[2]]
+        for start, end in zip(bounds[:-1], bounds[1:]):
             with self._autocast(z.device, autocast):
-                y = self._tiled(self.decoder, z[:, :, start:start + step], caches, tile, overlap, 1,
+                y = self._tiled(self.decoder, z[:, :, start:end], caches, tile, overlap, 1,
                                 self.spatial_factor)
             yield y.float()
 
@@ -577,18 +619,18 @@ class VideoVAE(nn.Module):
             return torch.cat(list(self._decode_pieces(z, chunk, tile, overlap, False)), 2)
 
     @torch.no_grad()
-    def decode_stream(self, z: Tensor, chunk: int = 4, tile: Optional[int] = None,
+    def decode_stream(self, z: Tensor, chunk: Optional[int] = 4, tile: Optional[int] = None,
                       overlap: Optional[int] = None, autocast: bool = False) -> Iterator[np.ndarray]:
         """Yield decoded frames as uint8 numpy arrays, ``chunk`` latent frames' worth at a time:
         ``(T', H, W, C)`` for latents ``(Cz, t, h, w)``, ``(B, T', H, W, C)`` for ``(B, Cz, t, h, w)``.
-        Only one chunk is ever decoded in memory."""
+        Only one chunk is ever decoded in memory (``chunk=None``: the whole clip at once)."""
         single = z.dim() == 4
         for y in self._decode_pieces(z[None] if single else z, chunk, tile, overlap, autocast):
             frames = _to_uint8(y)                                            # (B, T', H, W, C)
             yield frames[0] if single else frames
 
     @torch.no_grad()
-    def decode_to_uint8(self, z: Tensor, out=None, chunk: int = 4, tile: Optional[int] = None,
+    def decode_to_uint8(self, z: Tensor, out=None, chunk: Optional[int] = 4, tile: Optional[int] = None,
                         overlap: Optional[int] = None, autocast: bool = False):
         """Decode into ``out``, a preallocated uint8 ``(T, H, W, C)`` (for ``(Cz, t, h, w)``) or
         ``(B, T, H, W, C)`` numpy array or tensor (allocated when None); returns ``out``."""
