@@ -152,3 +152,18 @@ def test_bf16_and_compile_follow_fp32(tmp_path, option, rtol):
     assert other.history[-1]["loss"] == other.history[-1]["loss"]  # finite, not NaN
     moved = [k for k, v in other.objective.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("network.") for k in moved)
+
+
+def test_set_total_steps_replans_the_schedule(tmp_path):
+    from vidiff.train.trainer import lr_factor
+    trainer = build_trainer(tiny_config(tmp_path / "r", "train.steps=100", "train.warmup_steps=2"),
+                            progress=False)
+    trainer.set_total_steps(5)
+    assert trainer.cfg.steps == 5
+    assert [trainer.scheduler.lr_lambdas[0](s) for s in range(6)] == [
+        lr_factor(s, 2, 5, "cosine", trainer.cfg.min_lr_ratio) for s in range(6)]
+    trainer.fit()
+    assert trainer.step == 5
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.cfg.lr * trainer.cfg.min_lr_ratio)
+    with pytest.raises(ValueError, match="before training"):
+        trainer.set_total_steps(8)

@@ -6,11 +6,13 @@ keeps a clip's forward pass near one GFLOP while the shapes stay resolvable.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from vidiff.data.shapes import DEMO_HELD_OUT, caption
+
+TOTAL_MINUTES = 14.0      # the demo's wall-time budget (the hard limit is 15 minutes)
+SAFETY_MINUTES = 0.5      # checkpoint, reload, grid video, slack
 
 DEMO_CONFIG = {
     "model": {"size": "unet-demo"},
@@ -25,22 +27,75 @@ DEMO_CONFIG = {
 }
 
 
+def _time(fn) -> float:
+    import time
+    fn()                                     # warm-up: first-call allocations and kernels
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measured_costs(trainer, steps: int, batch: int = 64) -> tuple[float, float]:
+    """``(seconds per training step, seconds per sampled clip)`` of this machine for the
+    demo's network: one timed forward+backward of a training batch, and one timed
+    guidance-doubled forward of ``batch`` clips times the ``steps`` calls a clip needs."""
+    import torch
+    network, encoder = trainer.objective.network, trainer.objective.text_encoder
+    shape = trainer.dataset[0]["video"].shape
+    device = trainer.dist.device
+
+    def inputs(n):
+        with torch.no_grad():   # the text encoder's own cost is negligible here
+            cond = encoder.conditioning(["a red circle moving right"] * n).to(device) if encoder else None
+        return torch.randn(n, *shape, device=device), torch.rand(n, device=device), cond
+
+    x, t, cond = inputs(trainer.cfg.batch_size)
+
+    def train_pass():
+        network(x, t, cond).square().mean().backward()
+    per_step = _time(train_pass)
+    network.zero_grad(set_to_none=True)
+    x, t, cond = inputs(2 * batch)
+    with torch.no_grad():
+        per_call = _time(lambda: network(x, t, cond))
+    return per_step, per_call * steps / batch
+
+
 def run_demo(out_dir: str = "runs/demo", overrides: Optional[list[str]] = None, samples: int = 4,
-             progress: bool = True) -> dict:
-    """Train, write held-out samples and print the adherence report; returns the report."""
+             progress: bool = True, budget_minutes: float = TOTAL_MINUTES) -> dict:
+    """Train, write held-out samples and print the adherence report; returns the report.
+
+    Training stops at ``train.steps``, at ``train.max_minutes``, or when the time left in
+    ``budget_minutes`` (the whole command's wall time) is what scoring will need, measured
+    before training starts, whichever comes first.
+    """
+    import time
     from vidiff.eval.adherence import format_report, shapes_adherence
     from vidiff.pipelines.video import load
     from vidiff.train.checkpoint import write_json_atomic
     from vidiff.train.config import load_run_config
-    from vidiff.train.run import train
+    from vidiff.train.run import build_trainer, plot_loss
     from vidiff.video import Video
 
+    started = time.perf_counter()
     run = load_run_config(None, [f"train.out_dir={out_dir}", *(overrides or [])], base=DEMO_CONFIG)
-    print(f"training a text-to-video model on MovingShapes ({run.model.size}, at most "
-          f"{run.train.steps} steps / {run.train.max_minutes:g} minutes) in {out_dir}")
-    trainer = train(run, progress=progress, samples=False)
-    pipe = load(out_dir)
+    trainer = build_trainer(run, progress=progress)
     held_out = [tuple(t) for t in DEMO_HELD_OUT]
+    clips = 84 * samples + len(held_out) * samples          # the score, then the sample grid
+    per_step, per_clip = measured_costs(trainer, run.sample.steps)
+    scoring = 1.15 * clips * per_clip                        # + detection and writing
+    left = budget_minutes - (time.perf_counter() - started) / 60 - scoring / 60 - SAFETY_MINUTES
+    cap = min(run.train.max_minutes or float("inf"), max(left, 0.5))
+    # Plan as many steps as the time allows (the LR schedule spans them); the time cap
+    # still stops a run that turns out slower than measured.
+    trainer.set_total_steps(max(1, min(run.train.steps, int(60 * cap / (1.25 * per_step)))))
+    trainer.cfg.max_minutes = cap
+    print(f"training a text-to-video model on MovingShapes ({run.model.size}, {trainer.cfg.steps} "
+          f"steps, at most {cap:.1f} minutes; scoring will take about {scoring / 60:.1f} minutes) "
+          f"in {out_dir}")
+    trainer.fit()
+    plot_loss(trainer.history, Path(out_dir) / "loss.png")
+    pipe = load(out_dir)
     prompts = [caption(*t) for t in held_out]
     s = run.sample
     videos = pipe.generate(prompts, steps=s.steps, guidance=s.guidance, sampler=s.sampler, samples=samples)
@@ -49,7 +104,9 @@ def run_demo(out_dir: str = "runs/demo", overrides: Optional[list[str]] = None, 
     report = shapes_adherence(pipe, held_out, samples=samples, steps=s.steps, sampler=s.sampler,
                               guidance=s.guidance, progress=progress)
     report["train_steps"] = trainer.step
+    report["wall_minutes"] = (time.perf_counter() - started) / 60
     write_json_atomic(Path(out_dir) / "adherence.json", report)
     print(f"\nsamples of the held-out prompts ({', '.join(prompts)}), one row each: {grid}")
     print(format_report(report))
+    print(f"{trainer.step} training steps; {report['wall_minutes']:.1f} minutes in all")
     return report

@@ -132,6 +132,19 @@ class Trainer:
             self._buckets = BucketPlan(dataset, train.batch_size, train.seed)
 
     # ------------------------------------------------------------------ setup
+    def set_total_steps(self, steps: int) -> None:
+        """Plan ``steps`` steps instead of ``train.steps`` (before training starts): the LR
+        schedule is rebuilt to span them. For a run whose length follows a time budget."""
+        if self.step != 0:
+            raise ValueError(f"set_total_steps must come before training starts (at step {self.step})")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        train = self.cfg
+        train.steps = int(steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, train.warmup_steps, train.steps,
+                                                train.lr_schedule, train.min_lr_ratio))
+
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.dist.world > 1 and self.cfg.fsdp:
             from torch.distributed.fsdp import fully_shard
