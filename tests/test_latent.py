@@ -170,3 +170,10 @@ def test_autoencoder_ddp_matches_single_process(tmp_path):
     # near-cancelling sum, differs by ~1e-4 after Adam divides by it (see assert_close_per_tensor).
     # A process-local discriminator or a generator gradient leaking into it differs by O(1).
     assert_close_per_tensor(weights(tmp_path / "ddp"), weights(tmp_path / "single"), rtol=1e-3)
+
+
+def test_latent_and_autoencoder_runs_default_to_17_frames():
+    assert load_run_config(None, ["model.size=vae-s"]).data.frames == 17
+    assert load_run_config(None, ["model.vae=somewhere"]).data.frames == 17
+    assert load_run_config(None, ["model.vae=somewhere", "data.frames=9"]).data.frames == 9
+    assert load_run_config(None, []).data.frames == 16

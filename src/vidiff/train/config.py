@@ -163,11 +163,21 @@ class RunConfig:
 
 def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
                     base: Optional[dict] = None) -> RunConfig:
-    """Defaults <- ``base`` <- the file at ``path`` <- ``key.sub=value`` overrides."""
+    """Defaults <- ``base`` <- the file at ``path`` <- ``key.sub=value`` overrides.
+
+    Autoencoder runs and latent denoisers default to 17-frame clips (``1 + 4k``, what a 4x
+    temporal autoencoder codes) where no layer sets ``data.frames``.
+    """
     data: dict = {}
     for layer in (base or {}), (load_file(path) if path else {}):
         _merge(data, copy.deepcopy(layer))
     apply_overrides(data, overrides or [])
+    from vidiff.models.vae import VAE_MODELS
+    model = data.get("model") or {}
+    if isinstance(model, dict) and (model.get("vae") or model.get("size") in VAE_MODELS):
+        data.setdefault("data", {})
+        if isinstance(data["data"], dict):
+            data["data"].setdefault("frames", 17)
     return from_dict(RunConfig, data)
 
 
