@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from vidiff.data.common import DatasetError, vocabulary_captions
+from vidiff.train.checkpoint import write_file_atomic, write_json_atomic
 
 FORMAT = "vidiff-latent-cache"
 INDEX = "index.json"
@@ -48,18 +47,6 @@ def is_latent_cache(path) -> bool:
 
 def _shard_name(k: int) -> str:
     return f"shard_{k:05d}.safetensors"
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @torch.no_grad()
@@ -127,7 +114,7 @@ def cache_latents(vae, fingerprint: str, dataset, out, count: Optional[int] = No
         metadata = {"vae": fingerprint, "start": str(start), "stop": str(stop),
                     "captions": json.dumps(part)}
         data = save({k_: v.contiguous() for k_, v in tensors.items()}, metadata=metadata)
-        _write_bytes_atomic(path, data)
+        write_file_atomic(path, lambda tmp: tmp.write_bytes(data))
         latent_shape = list(tensors["latents"].shape[1:])
         shards.append({"file": path.name, "start": start, "stop": stop,
                        "sha256": hashlib.sha256(data).hexdigest(), "latent_shape": latent_shape})
@@ -137,7 +124,6 @@ def cache_latents(vae, fingerprint: str, dataset, out, count: Optional[int] = No
              "text": "token_ids" if text_encoder is None else {
                  "kind": text_encoder.config.kind, "dim": text_encoder.dim},
              "vocabulary": vocabulary, "source": source or {}, "fps": float(getattr(dataset, "fps", 8.0)), "shards": shards}
-    from vidiff.train.checkpoint import write_json_atomic
     write_json_atomic(out / INDEX, index)
     return out
 

@@ -21,8 +21,8 @@ _COMMON = ("video", "latents", "caption", "frame_stride", "index")
 def collate(items: Sequence[dict]) -> dict:
     """Stack a list of items into a batch.
 
-    ``video`` -> ``(B, 3, T, H, W)`` (or ``latents`` -> ``(B, Cz, t, h, w)``); ``caption`` -> list of str; ``frame_stride`` -> float
-    ``(B,)``; ``index`` -> long ``(B,)``. Other keys: tensors of one shape are stacked,
+    ``video`` -> ``(B, 3, T, H, W)`` (or ``latents`` -> ``(B, Cz, t, h, w)``); ``caption`` ->
+    list of str; ``frame_stride`` -> float ``(B,)``; ``index`` -> long ``(B,)``. Other keys: tensors of one shape are stacked,
     numbers become a tensor, anything else stays a list.
     """
     if not items:
@@ -198,6 +198,7 @@ class BucketPlan:
         if self._cached[0] != k:
             self._cached = (k, self._window_batches(k))
         return self._cached[1][step - (self._ends[k - 1] if k else 0)]
+
 
 def _worker_init(_: int) -> None:
     # Workers decode; one intra-op thread each keeps them from oversubscribing the cores.

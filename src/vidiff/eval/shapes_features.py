@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vidiff.data.shapes import COLORS, DIRECTIONS, SHAPES
+from vidiff.train.checkpoint import write_file_atomic
 
 INPUT_SIZE = 32        # frame side the network sees
 FEATURE_DIM = 64
@@ -133,11 +134,11 @@ def train_shapes_features(out: os.PathLike, steps: int = 400, batch: int = 32, l
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     meta = {"steps": str(steps), "batch": str(batch), "lr": str(lr), "seed": str(seed),
             "threads": str(threads), "frames": str(frames), "torch": torch.__version__}
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)  # shipped with the package: readable by everyone
-    os.replace(tmp, out)
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)  # shipped with the package: readable by everyone
+    write_file_atomic(out, write)
     return {"steps": steps, "seconds": time.perf_counter() - start, "accuracy": accuracy, "out": str(out)}

@@ -8,12 +8,12 @@ held-out adherence dashed).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 from vidiff.eval.adherence import shapes_adherence
 from vidiff.eval.temporal import clip_metrics, summarize
+from vidiff.train.checkpoint import write_file_atomic
 
 
 def check_grid(steps: Sequence[int], samplers: Sequence[str]) -> None:
@@ -104,12 +104,8 @@ def plot_study(report: dict, path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("MovingShapes: adherence against steps")
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
+        write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return path

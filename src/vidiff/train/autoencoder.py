@@ -13,6 +13,7 @@ its own gradient and one optimizer (with a parameter group per model) serves bot
 from __future__ import annotations
 
 import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -52,7 +53,7 @@ class AutoencoderObjective(nn.Module):
         if image_step:
             pick = (draws.uniform("image_frame") * video.shape[2]).long().clamp(max=video.shape[2] - 1)
             video = video[torch.arange(video.shape[0]), :, pick.to(video.device)].unsqueeze(2)
-        noise = draws.normal(self._latent_shape(video), "posterior").to(video.device)
+        noise = draws.normal(self.network.latent_shape(*video.shape[2:]), "posterior").to(video.device)
         posterior = self.network.encode(video)
         recon = self.network.decoder(posterior.mean + posterior.std * noise)   # (B, C, T, H, W)
         if self.discriminator is None:
@@ -70,9 +71,6 @@ class AutoencoderObjective(nn.Module):
         # has a gradient each step (DDP requires it) and nothing moves.
         loss = loss + (1.0 if gan_on else 0.0) * d_loss
         return loss, {**metrics, **d_metrics}
-
-    def _latent_shape(self, video: Tensor) -> tuple[int, ...]:
-        return self.network.latent_shape(*video.shape[2:])
 
 
 @torch.no_grad()

@@ -52,19 +52,26 @@ def write_atomic_dir(dest: Path, fill: Callable[[Path], None]) -> Path:
     return dest
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
+def write_file_atomic(path, write: Callable[[Path], None]) -> Path:
+    """Create file ``path`` by ``write(tmp)`` on a temporary name in the same folder, then a
+    rename, so a reader never sees a half-written file; the temporary goes on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    write_file_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

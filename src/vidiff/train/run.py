@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from vidiff.config import from_dict, to_dict
-from vidiff.train.checkpoint import read_config, resolve_checkpoint
+from vidiff.train.checkpoint import read_config, resolve_checkpoint, write_file_atomic
 from vidiff.train.config import RunConfig
 from vidiff.train.objective import DiffusionObjective
 from vidiff.train.trainer import Trainer
@@ -62,8 +62,12 @@ def build_trainer(run: RunConfig, resume: Optional[str] = None, progress: bool =
         if vae is not None:  # a latent model carries its autoencoder: it reloads with no other file
             copy_autoencoder(run.model.vae, tmp / "vae")
 
-    trainer = Trainer(objective, dataset, run.train, checkpoint_config, save_extra=save_extra,
-                      collate=collate, progress=progress)
+    return _restored(Trainer(objective, dataset, run.train, checkpoint_config, save_extra=save_extra,
+                             collate=collate, progress=progress), run, resume)
+
+
+def _restored(trainer: Trainer, run: RunConfig, resume: Optional[str]) -> Trainer:
+    """``trainer`` continued from ``resume``, or started from ``train.init_from``'s weights."""
     if resume is not None:
         trainer.resume(resume)
     elif run.train.init_from:
@@ -110,11 +114,7 @@ def _autoencoder_trainer(run: RunConfig, dataset, resume: Optional[str], progres
                 "fps": float(getattr(dataset, "fps", 8.0))}
 
     trainer = Trainer(objective, dataset, run.train, checkpoint_config, progress=progress)
-    if resume is not None:
-        trainer.resume(resume)
-    elif run.train.init_from:
-        trainer.load_weights(run.train.init_from, ema=True)
-    return trainer
+    return _restored(trainer, run, resume)
 
 
 def copy_autoencoder(source, dest: Path) -> None:
@@ -216,8 +216,7 @@ def plot_loss(history: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)

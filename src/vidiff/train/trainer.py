@@ -115,9 +115,7 @@ class Trainer:
             [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
                                            weight_decay=train.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, train.warmup_steps, train.steps,
-                                                train.lr_schedule, train.min_lr_ratio))
+        self.scheduler = self._make_scheduler()
         self.ema = EMA(self.objective, train.ema_decay, train.ema_warmup) if train.ema_decay > 0 else None
         self.step = 0
         self.history: list[dict] = []
@@ -139,9 +137,12 @@ class Trainer:
             raise ValueError(f"set_total_steps must come before training starts (at step {self.step})")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        self.cfg.steps = int(steps)
+        self.scheduler = self._make_scheduler()
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         train = self.cfg
-        train.steps = int(steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        return torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, train.warmup_steps, train.steps,
                                                 train.lr_schedule, train.min_lr_ratio))
 
