@@ -1,7 +1,7 @@
 """VideoVAE decoding memory: does peak working memory stay flat as the video grows?
 
 Decodes 16, 64 and 256 frames (clips of 17, 65 and 257 frames: the first frame is coded on
-its own) with an untrained ``vae-s`` (memory does not depend on training) at ``--size``
+its own) with an untrained ``vae-m`` (memory does not depend on training) at ``--size``
 pixels square, streamed in chunks of ``--chunk`` latent frames and in one pass. Each
 measurement runs in a fresh subprocess:
 
@@ -51,7 +51,7 @@ def worker(frames: int, size: int, chunk: int | None) -> dict:
     from vidiff.models import VAE_MODELS, VideoVAE
 
     torch.manual_seed(0)
-    vae = VideoVAE(VAE_MODELS["vae-s"]).eval()
+    vae = VideoVAE(VAE_MODELS["vae-m"]).eval()
     C, t, h, w = vae.latent_shape(frames + 1, size, size)
     z = torch.randn(C, t, h, w)                          # one unbatched clip's latents
     out = np.empty((frames + 1, size, size, 3), dtype=np.uint8)
@@ -94,7 +94,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.size, args.chunk or None)))
         return
     import torch
-    print(f"vae-s, untrained, {args.size}x{args.size}, chunk {args.chunk} latent frames; "
+    print(f"vae-m, untrained, {args.size}x{args.size}, chunk {args.chunk} latent frames; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'malloc':>8} {'frames':>6} {'mode':>9} {'working MiB':>12} {'frames/s':>9}")

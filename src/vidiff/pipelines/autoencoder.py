@@ -21,12 +21,13 @@ def load_autoencoder(path, device=None, ema: bool = True) -> VideoVAE:
     mode; its config carries the latent scaling estimated when the checkpoint was written."""
     from vidiff.config import from_dict
     from vidiff.models.vae import VAEConfig
-    from vidiff.train.checkpoint import CheckpointError, read_config, read_weights, resolve_checkpoint
+    from vidiff.train.checkpoint import (CheckpointError, read_config, read_weights, resolve_checkpoint,
+                                        submodule_state)
 
     path = resolve_checkpoint(path)
     config = read_config(path, kind="autoencoder")
     vae = VideoVAE(from_dict(VAEConfig, config["network"]))
-    state = {k[len("network."):]: v for k, v in read_weights(path, ema=ema).items() if k.startswith("network.")}
+    state = submodule_state(read_weights(path, ema=ema), "network.")
     missing, unexpected = vae.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"weights in {str(path)!r} do not match its autoencoder config: "

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from vidiff.models.vae import VideoVAE
 from vidiff.models.vae_losses import PatchDiscriminator, autoencoder_loss, discriminator_loss
+from vidiff.train.checkpoint import submodule_state
 
 
 class AutoencoderObjective(nn.Module):
@@ -80,8 +81,7 @@ def estimate_scaling(vae: VideoVAE, weights: dict, dataset, batches: int, batch_
     training model is untouched."""
     from vidiff.data import collate
     probe = copy.deepcopy(vae).cpu().eval()
-    own = {k[len("network."):]: v for k, v in weights.items() if k.startswith("network.")}
-    probe.load_state_dict(own)
+    probe.load_state_dict(submodule_state(weights, "network."))
     n = min(len(dataset), batches * batch_size)
     clips = (collate([dataset[i] for i in range(start, min(start + batch_size, n))])["video"]
              for start in range(0, n, batch_size))

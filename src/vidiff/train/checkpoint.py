@@ -125,6 +125,11 @@ def read_config(path, kind: Optional[str] = None) -> dict:
     return config
 
 
+def submodule_state(weights: dict, prefix: str) -> dict:
+    """The entries of ``weights`` under ``prefix`` (e.g. ``"network."``), with it removed."""
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
 def read_weights(path, ema: bool = True) -> dict[str, torch.Tensor]:
     """The checkpoint's weights: EMA when present and asked for, else the raw ones."""
     path = resolve_checkpoint(path)

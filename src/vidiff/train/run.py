@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from vidiff.config import from_dict, to_dict
-from vidiff.train.checkpoint import read_config, resolve_checkpoint, write_file_atomic
+from vidiff.train.checkpoint import read_config, resolve_checkpoint, submodule_state, write_file_atomic
 from vidiff.train.config import RunConfig
 from vidiff.train.objective import DiffusionObjective
 from vidiff.train.trainer import Trainer
@@ -56,8 +56,7 @@ def build_trainer(run: RunConfig, resume: Optional[str] = None, progress: bool =
 
     def save_extra(tmp: Path, weights: dict) -> None:
         if text_encoder is not None:
-            prefix = "text_encoder."
-            own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            own = submodule_state(weights, "text_encoder.")
             text_encoder.save(tmp / "text_encoder", state=own or None)
         if vae is not None:  # a latent model carries its autoencoder: it reloads with no other file
             copy_autoencoder(run.model.vae, tmp / "vae")
