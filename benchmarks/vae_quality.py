@@ -1,10 +1,12 @@
 """Autoencoder quality: train the default autoencoder on CPU within a time budget, then measure
 reconstruction PSNR/SSIM on held-out clips of MovingShapes and PhotoPan.
 
-For each dataset this trains ``--size`` (default ``vae-s``: 4x spatial, 4x temporal) through
-``vidiff train`` (the same trainer, EMA and checkpoints as any run) for at most ``--minutes``,
-then reconstructs ``--clips`` clips the run never saw (another data seed) with the EMA
-weights and the chunked path, and reports mean PSNR (dB) and SSIM per frame on uint8 frames.
+For each dataset this trains ``--size`` (default ``vae-s``: 4x spatial, 4x temporal) with
+the trainer of ``vidiff train`` (EMA, checkpoints, samples) for at most ``--minutes``, the
+step count planned from a measured step time so the LR schedule ends with the budget. It
+trains on ``--frames``-frame clips (9: half the cost of 17), then reconstructs ``--clips``
+``--eval-frames``-frame clips the run never saw (another data seed) with the EMA weights and
+the chunked path, and reports mean PSNR (dB) and SSIM per frame on uint8 frames.
 The last line is the headline::
 
     headline: PSNR shapes X dB (aim 32), photopan Y dB (aim 27)

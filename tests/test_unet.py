@@ -176,6 +176,36 @@ def test_frame_embedding_gives_absolute_positions():
         assert torch.equal(indexed(still[:, :, :1], t), plain(still[:, :, :1], t))
 
 
+def test_frame_conditioning_lets_the_condition_differ_per_frame():
+    # At init the per-frame FiLM equals the per-clip one (its last layer is zero); once that
+    # layer is non-zero, identical frames come out different, and how they differ depends on
+    # the diffusion time (the condition), which a frame-only embedding cannot do.
+    plain, per_frame = make(), make(frame_conditioning=True)
+    per_frame.load_state_dict({**per_frame.state_dict(), **plain.state_dict()})
+    still, t = clip(T=1).expand(-1, -1, 4, -1, -1).contiguous(), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        assert torch.allclose(per_frame(still, t), plain(still, t), atol=1e-5)
+        perturb(per_frame, lambda n: n.startswith("frame_cond.mix.2"), scale=0.5)
+        out = per_frame(still, t)
+        assert not torch.allclose(out[:, :, 0], out[:, :, 3], atol=1e-3)
+        gap = lambda y: y[:, :, 3] - y[:, :, 0]                     # noqa: E731
+        other = per_frame(still, torch.tensor([0.8, 0.3]))
+        assert not torch.allclose(gap(out)[0], gap(other)[1], atol=1e-4)
+
+
+def test_position_embedding_breaks_translation_equivariance_inside_the_frame():
+    # A constant clip gives the same output at every pixel far from the borders (zero
+    # padding only reaches so far); with a position embedding those pixels differ.
+    small = dict(channels=(8,), spatial_attention=(), cross_attention=(), temporal_attention=(),
+                 mid_attention=False, norm_groups=4)
+    flat, t = torch.full((1, 3, 2, 48, 48), 0.3), torch.rand(1)
+    with torch.no_grad():
+        out = make(**small)(flat, t)
+        assert torch.allclose(out[..., 22, 22], out[..., 25, 26], atol=1e-5)
+        out = make(position_embedding=True, **small)(flat, t)
+        assert not torch.allclose(out[..., 22, 22], out[..., 25, 26], atol=1e-3)
+
+
 # --------------------------------------------------------------------------- training signal
 def full_cond(B: int = 2, T: int = 4) -> Conditioning:
     mask = torch.zeros(B, 1, T, 16, 16)

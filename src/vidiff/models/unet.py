@@ -43,8 +43,8 @@ from torch.utils.checkpoint import checkpoint
 from vidiff.config import ConfigError
 from vidiff.conditioning import Conditioning
 from vidiff.models.condition import ConditionEmbedder
-from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, rotary_cos_sin, xavier_linears,
-                                 zero_module)
+from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, rotary_cos_sin,
+                                 sinusoidal_embedding, xavier_linears, zero_module)
 
 #################################################################################
 #                                    Config                                     #
@@ -75,6 +75,8 @@ class UNetConfig:
     known_frames: bool = False                # known/mask as extra input channels
     frame_stride: bool = False                # embed cond.frame_stride
     frame_embedding: bool = False             # add an absolute frame-index embedding at the input
+    frame_conditioning: bool = False          # per-frame FiLM: condition x frame index through an MLP
+    position_embedding: bool = False          # add a 2D sinusoidal pixel-position embedding at the input
     low_res: bool = False                     # super-resolution: upsampled low-res clip as input
     patch: int = 1                            # space-to-depth stem: compute at H/patch x W/patch
     conv3d: bool = False                      # full k x 3 x 3 convs instead of pseudo-3D
@@ -179,7 +181,7 @@ class _Context:
     """What every block needs besides the activations, computed once per forward."""
     B: int
     T: int
-    emb: Tensor                          # (B, emb_dim), already through SiLU
+    emb: Tensor                          # (B, 1 or T, emb_dim), already through SiLU
     text: Optional[Tensor]               # (B, S, context_dim)
     text_mask: Optional[Tensor]          # (B, S) bool
     rope: dict                           # head width -> (cos, sin) each (T, head width)
@@ -263,7 +265,7 @@ class ResBlock(nn.Module):
         N, _, H, W = h.shape
         x = self.conv1(F.silu(self.norm1(h)), ctx.B)                       # (B*T, C, H, W)
         C = x.shape[1]
-        scale, shift = self.film(ctx.emb)[:, None, None, :].chunk(2, -1)  # (B, 1, 1, C) each
+        scale, shift = self.film(ctx.emb)[:, :, None, :].chunk(2, -1)     # (B, 1|T, 1, C) each
         x = _tokens(self.norm2(x)).view(ctx.B, ctx.T, H * W, C)            # (B, T, H*W, C)
         x = F.silu(torch.addcmul(shift, x, scale + 1))                     # (B, T, H*W, C)
         x = self.dropout(_frames(x.view(N, H * W, C), H, W))               # (B*T, C, H, W)
@@ -343,6 +345,13 @@ class Resample(nn.Module):
 #################################################################################
 
 
+def _grid_positions(H: int, W: int, device) -> Tensor:
+    """2D sinusoidal features of each cell's (row, column): ``-> (H, W, 64)``, 32 per axis."""
+    rows = sinusoidal_embedding(torch.arange(H, device=device), 32, max_period=100.0)   # (H, 32)
+    cols = sinusoidal_embedding(torch.arange(W, device=device), 32, max_period=100.0)   # (W, 32)
+    return torch.cat([rows[:, None].expand(-1, W, -1), cols[None].expand(H, -1, -1)], -1)
+
+
 class UNet3D(nn.Module):
     """The spatiotemporal U-Net: ``(x (B, C, T, H, W), t (B,), cond) -> (B, C_out, T, H, W)``."""
 
@@ -364,6 +373,18 @@ class UNet3D(nn.Module):
         # small model learns far sooner than from relative (rotary) positions alone. It ties
         # the model to the trained length; rotary temporal attention stays for the rest.
         self.frame_embed = TimestepEmbedder(ch[0], freq_dim=64, scale=1.0) if cfg.frame_embedding else None
+        # Per-frame conditioning: FiLM sees an MLP of (condition, frame index), so a prompt
+        # can ask different frames for different things ("moving right": left early, right
+        # late). With one embedding per clip, FiLM is the same for every frame and the text
+        # can steer motion only through cross-attention. The last layer starts at zero.
+        self.frame_cond = None
+        if cfg.frame_conditioning:
+            self.frame_cond = nn.ModuleDict({
+                "frame": TimestepEmbedder(emb_dim, freq_dim=64, scale=1.0),
+                "mix": nn.Sequential(nn.Linear(2 * emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))})
+        # Absolute pixel positions (2D sinusoids of the row and column at the network's grid,
+        # through a linear map): where "left half" is, without inferring it from zero padding.
+        self.pos_embed = nn.Linear(64, ch[0]) if cfg.position_embedding else None
 
         def layer(c_in: int, c_out: int, level: int) -> Layer:
             s, c, t = cfg.attends(level)
@@ -409,6 +430,8 @@ class UNet3D(nn.Module):
                 zero_module(module.attn_t.to_out)
             if isinstance(module, SpatioTemporalConv):
                 module.reset_temporal()
+        if self.frame_cond is not None:    # per-frame FiLM starts as the per-clip one
+            zero_module(self.frame_cond["mix"][-1])
 
     # ------------------------------------------------------------------ extension point
     def residual_shapes(self, x_shape: Sequence[int]) -> list[tuple[int, ...]]:
@@ -448,13 +471,20 @@ class UNet3D(nn.Module):
         text, text_mask = self.cond.context(cond, B, x.device)                  # (B, S, D), (B, S)
         frames = torch.arange(T, device=x.device)
         rope = {d: rotary_cos_sin(frames, d) for d in self.rope_dims} if T > 1 else {}  # (T, d) each
-        ctx = _Context(B, T, F.silu(self.cond.embedding(t, cond)), text, text_mask, rope)
+        emb = self.cond.embedding(t, cond)[:, None]                             # (B, 1, E)
+        if self.frame_cond is not None:
+            f = self.frame_cond["frame"](frames.float())[None].expand(B, -1, -1)  # (B, T, E)
+            mixed = self.frame_cond["mix"](torch.cat([emb.expand(-1, T, -1), f], -1))
+            emb = emb + mixed                                                   # (B, T, E)
+        ctx = _Context(B, T, F.silu(emb), text, text_mask, rope)
         h = _from_video(self.cond.input(x, cond))                               # (B*T, C_in', H, W)
         if self.config.patch > 1:
             h = F.pixel_unshuffle(h, self.config.patch)                         # (B*T, C_in' p^2, H/p, W/p)
         h = self.conv_in(h)                                                     # (B*T, C0, H/p, W/p)
         if self.frame_embed is not None and T > 1:
             h = h + self.frame_embed(frames.float()).repeat(B, 1)[:, :, None, None]  # + (B*T, C0, 1, 1)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed(_grid_positions(*h.shape[-2:], h.device)).permute(2, 0, 1)  # + (C0, H', W')
         skips = [h]
         for module in self.down:
             h = self._run(module, h, ctx)                                       # (B*T, C_i, H_i, W_i)
