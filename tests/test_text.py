@@ -104,6 +104,28 @@ def test_builtin_padding_invariance():
     assert not torch.allclose(enc.encode(["blue circle"])[2], pooled_alone, atol=1e-3)
 
 
+def test_builtin_pooling_words_and_mean():
+    # "words": sum of the real tokens' embeddings / sqrt(count), from the embedding table;
+    # "mean": mean of the output tokens. Word pooling is order-free and, at init, a one-word
+    # change moves it as far as the two word vectors are apart.
+    prompts = ["a red circle moving left", "a red circle moving right", "red a circle moving right"]
+    enc = make_builtin()
+    emb, mask, pooled = enc.encode(prompts)
+    ids, _ = enc.tokenize(prompts)
+    table = enc.token_embedding.weight.detach()
+    for i in range(3):
+        expected = table[ids[i][mask[i]]].sum(0) / mask[i].sum().sqrt()
+        torch.testing.assert_close(pooled[i], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled[2], pooled[1])
+    left, right = table[ids[0, 5]], table[ids[1, 5]]          # <bos> + 5 words: the last one
+    torch.testing.assert_close((pooled[0] - pooled[1]).norm(), (left - right).norm() / 6 ** 0.5)
+    mean_enc = make_builtin(pooling="mean")
+    emb, mask, pooled = mean_enc.encode(prompts)
+    torch.testing.assert_close(pooled, (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+    with pytest.raises(ConfigError, match="text.pooling"):
+        TextEncoderConfig(pooling="max")
+
+
 def test_builtin_save_load_round_trip(tmp_path):
     enc = make_builtin(dim=64, heads=2, max_length=8)
     with torch.no_grad():  # move away from the initialisation so a fresh build would differ

@@ -28,7 +28,7 @@ def _csv(kind):
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train a small text-to-video model on MovingShapes and score it",
                        description="Trains a small text-to-video model on the built-in MovingShapes "
-                                   "data (about 10 minutes on 2 CPU cores), writes samples of "
+                                   "data (about 12 minutes on 2 CPU cores), writes samples of "
                                    "held-out prompts and prints its prompt adherence.")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--samples", type=int, default=4, help="samples per triple when scoring (default 4)")

@@ -52,6 +52,12 @@ class TextEncoderConfig:
             declared limit (else 512) for ``t5``.
         min_count: a word enters the built-in vocabulary when it occurs at least this often
             in the training captions (rarer words map to the unknown token).
+        pooling: the built-in encoder's pooled vector (the one FiLM reads): ``"words"`` (the
+            default), the sum of the prompt's word embeddings over the square root of their
+            count, or ``"mean"``, the mean of the transformer's output tokens. Word pooling
+            keeps every word's own direction in the pooled vector from the first step;
+            after the transformer, a one-word change ("left" for "right") starts out nearly
+            invisible, and a jointly trained denoiser never learns to read it.
         dtype: parameter dtype of a frozen encoder (``"float32"``, ``"float16"`` or
             ``"bfloat16"``); outputs are always returned as float32. The built-in encoder
             trains in float32 (mixed precision is the trainer's business).
@@ -64,6 +70,7 @@ class TextEncoderConfig:
     heads: int = 4
     max_length: Optional[int] = None
     min_count: int = 1
+    pooling: str = "words"
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -89,6 +96,7 @@ class TextEncoderConfig:
                  f"text.dim / text.heads = {self.dim // max(self.heads, 1)} must be even "
                  "(rotary positions)"),
                 (self.min_count >= 1, f"text.min_count must be >= 1, got {self.min_count}"),
+                (self.pooling in POOLINGS, f"text.pooling: {self.pooling!r} is not one of {list(POOLINGS)}"),
                 (self.dtype == "float32",
                  f"text.dtype={self.dtype!r} applies to frozen encoders only; the built-in "
                  "encoder trains in float32 (use train.precision for mixed precision)"),
@@ -96,6 +104,9 @@ class TextEncoderConfig:
             for ok, message in checks:
                 if not ok:
                     raise ConfigError(message)
+
+
+POOLINGS = ("words", "mean")
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

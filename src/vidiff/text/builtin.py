@@ -10,7 +10,16 @@ Architecture: token embedding -> ``depth`` pre-LayerNorm blocks (self-attention 
 positions, then an MLP; the shared :class:`~vidiff.models.layers.Attention` and
 :class:`~vidiff.models.layers.FeedForward`) -> final LayerNorm. Padding is masked out of
 every attention, and positions are rotary (relative), so a prompt's real tokens come out the
-same whether it is padded or not. The pooled vector is the mean of the real tokens.
+same whether it is padded or not. The pooled vector is, by default (``pooling="words"``), the
+sum of the real tokens' word embeddings over the square root of their count; with
+``pooling="mean"`` it is the mean of the output tokens.
+
+Why word pooling, and embeddings drawn at unit scale: the encoder trains from scratch with
+the denoiser, so a word matters only once the denoiser reads it, and the denoiser reads only
+what differs. After attention has mixed a prompt's tokens, one changed word ("left" for
+"right") moves the mean output very little, and the denoiser never picks it up. On
+MovingShapes such a model learns colour and shape but stays at chance on direction. In a bag
+of unit-scale word vectors every word moves the pooled vector as much as any other.
 """
 from __future__ import annotations
 
@@ -56,11 +65,11 @@ class BuiltinTextEncoder(TextEncoder):
     trainable = True
 
     def __init__(self, tokenizer: WordTokenizer, dim: int = 128, depth: int = 2, heads: int = 4,
-                 max_length: int = DEFAULT_MAX_LENGTH, min_count: int = 1):
+                 max_length: int = DEFAULT_MAX_LENGTH, min_count: int = 1, pooling: str = "words"):
         super().__init__()
         # the config validates sizes with the same messages a YAML file would get
         self.config = TextEncoderConfig(kind="builtin", dim=dim, depth=depth, heads=heads,
-                                        max_length=max_length, min_count=min_count)
+                                        max_length=max_length, min_count=min_count, pooling=pooling)
         self.tokenizer = tokenizer
         self.dim = self.pooled_dim = dim
         self.max_length = max_length
@@ -73,13 +82,15 @@ class BuiltinTextEncoder(TextEncoder):
     @classmethod
     def from_config(cls, config: TextEncoderConfig, tokenizer: WordTokenizer) -> "BuiltinTextEncoder":
         return cls(tokenizer, dim=config.dim, depth=config.depth, heads=config.heads,
-                   max_length=config.max_length or DEFAULT_MAX_LENGTH, min_count=config.min_count)
+                   max_length=config.max_length or DEFAULT_MAX_LENGTH, min_count=config.min_count,
+                   pooling=config.pooling)
 
     def initialize_weights(self) -> None:
-        # Small embeddings keep the first attention logits near uniform; linears get
-        # Xavier so the residual stream neither explodes nor vanishes at depth.
+        # Unit-scale embeddings: distinct words start distinct, in the pooled vector and in
+        # the residual stream (each block normalises its input, so attention logits stay
+        # moderate). Linears get Xavier so the stream neither explodes nor vanishes.
         xavier_linears(self)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.token_embedding.weight, std=1.0)
         with torch.no_grad():
             self.token_embedding.weight[WordTokenizer.PAD].zero_()
 
@@ -93,11 +104,16 @@ class BuiltinTextEncoder(TextEncoder):
         mask = mask.to(torch.bool)
         positions = torch.arange(ids.shape[1], device=ids.device)
         rope = rotary_cos_sin(positions, self.head_dim)                    # 2 x (L, head_dim)
-        x = self.token_embedding(ids)                                      # (B, L, dim)
+        words = self.token_embedding(ids)                                  # (B, L, dim)
+        x = words
         for block in self.blocks:
             x = block(x, mask, rope)                                       # (B, L, dim)
         x = self.norm(x)                                                   # (B, L, dim)
-        return x, masked_mean(x, mask)                                     # (B, L, dim), (B, dim)
+        if self.config.pooling == "mean":
+            return x, masked_mean(x, mask)                                 # (B, L, dim), (B, dim)
+        count = mask.sum(1, keepdim=True).clamp(min=1).to(words.dtype)    # (B, 1)
+        pooled = (words * mask.unsqueeze(-1)).sum(1) / count.sqrt()        # (B, dim)
+        return x, pooled
 
     # ------------------------------------------------------------------ storage
     def _save_files(self, directory: Path, state: Optional[dict] = None) -> None:
