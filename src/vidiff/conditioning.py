@@ -3,8 +3,9 @@
 Text, known frames (image-to-video, forecasting, interpolation, inpainting, outpainting,
 extension), frame rate, a low-resolution clip (super-resolution) and control maps all travel
 in a :class:`Conditioning`. Unset parts are ``None`` and cost nothing. Samplers pass it through
-untouched; classifier-free guidance uses :meth:`Conditioning.null` and :meth:`Conditioning.cat`
-to run the conditional and unconditional passes as one batched call.
+untouched; classifier-free guidance builds its unconditional passes with
+:meth:`Conditioning.null` (or :meth:`Conditioning.with_text_of` for a negative prompt) and runs
+every pass as one batched call on :meth:`Conditioning.cat`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Fields that hold a batch-first tensor, in declaration order.
@@ -23,6 +25,8 @@ _TENSOR_FIELDS = (
     "low_res", "low_res_noise",
     "control",
 )
+# What a prompt sets: a negative prompt replaces exactly these (see ``with_text_of``).
+TEXT_FIELDS = ("text", "text_mask", "text_pooled", "drop_text")
 
 
 @dataclass
@@ -31,7 +35,8 @@ class Conditioning:
 
     Attributes:
         text: ``(B, L, D)`` token embeddings from a text encoder.
-        text_mask: ``(B, L)`` bool, True for real tokens, False for padding.
+        text_mask: ``(B, L)`` bool, True for real tokens, False for padding (absent: every
+            token is real).
         text_pooled: ``(B, D_pooled)`` one vector per prompt.
         drop_text: ``(B,)`` bool, True where the network must use its learned null text
             embedding instead of ``text`` (classifier-free guidance, text dropout in training).
@@ -66,6 +71,10 @@ class Conditioning:
                  if getattr(self, name) is not None}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"Conditioning: fields disagree on the batch size: {sizes}")
+        if self.text_mask is not None and (self.text is None or self.text_mask.shape != self.text.shape[:2]):
+            shape = None if self.text is None else tuple(self.text.shape)
+            raise ValueError(f"Conditioning: text_mask {tuple(self.text_mask.shape)} must be (B, L) "
+                             f"of text (B, L, D) = {shape}")
 
     # ------------------------------------------------------------------ queries
     @property
@@ -77,8 +86,22 @@ class Conditioning:
                 return value.shape[0]
         return None
 
+    @property
+    def device(self) -> Optional[torch.device]:
+        """The device of the first set field, or None when no field is set."""
+        names = self.fields_set()
+        return getattr(self, names[0]).device if names else None
+
     def fields_set(self) -> tuple[str, ...]:
+        """Names of the fields that are not None, in declaration order."""
         return tuple(n for n in _TENSOR_FIELDS if getattr(self, n) is not None)
+
+    def check_batch(self, batch: int, what: str = "x_t") -> None:
+        """Raise a ValueError unless this conditioning fits a batch of ``batch`` samples of
+        ``what`` (a conditioning with no field set fits any batch)."""
+        if self.batch_size not in (None, batch):
+            raise ValueError(f"the conditioning has batch size {self.batch_size} "
+                             f"(fields {list(self.fields_set())}) but {what} has {batch}")
 
     def text_dropped(self, batch: int, device) -> Tensor:
         """``(B,)`` bool: rows that use the null text embedding (all rows when there is no text)."""
@@ -90,6 +113,7 @@ class Conditioning:
 
     # ------------------------------------------------------------------ transforms
     def replace(self, **changes) -> "Conditioning":
+        """A copy with the given fields changed (checked again like a new Conditioning)."""
         return dataclasses.replace(self, **changes)
 
     def map(self, fn) -> "Conditioning":
@@ -104,70 +128,96 @@ class Conditioning:
             return x.to(device=device)
         return self.map(move)
 
-    def repeat_interleave(self, n: int) -> "Conditioning":
-        """Repeat every row ``n`` times: ``(B, ...) -> (B * n, ...)`` (for ``samples=n``)."""
-        return self.map(lambda x: x.repeat_interleave(n, dim=0))
-
     def null(self, text: bool = True, frames: bool = False) -> "Conditioning":
         """The unconditional version used by classifier-free guidance.
 
         ``text=True`` marks every row to use the network's learned null text embedding;
-        ``frames=True`` also forgets known frames (mask set to 0). Other parts are kept, so
-        guidance by default strengthens the text and leaves frame conditioning in both passes.
+        ``frames=True`` forgets known frames: ``known`` and ``mask`` become zeros and
+        ``known_noise`` (when set) 0, which is exactly what a network sees for a
+        conditioning without known frames. Everything else (frame stride, low-resolution
+        clip, control) is kept.
         """
         batch = self.batch_size
         if batch is None:
             return self
         changes = {}
         if text:
-            device = next(getattr(self, n) for n in self.fields_set()).device
-            changes["drop_text"] = torch.ones(batch, dtype=torch.bool, device=device)
+            changes["drop_text"] = torch.ones(batch, dtype=torch.bool, device=self.device)
         if frames and self.mask is not None:
             changes["mask"] = torch.zeros_like(self.mask)
             changes["known"] = torch.zeros_like(self.known)
+            if self.known_noise is not None:
+                changes["known_noise"] = torch.zeros_like(self.known_noise)
         return self.replace(**changes)
 
-    def with_text_dropout(self, p: float, generator: Optional[torch.Generator] = None) -> "Conditioning":
-        """Training-time text dropout: each row uses the null text with probability ``p``."""
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"text dropout probability must be in [0, 1], got {p}")
-        batch = self.batch_size
-        if batch is None or p == 0.0:
-            return self
-        device = next(getattr(self, n) for n in self.fields_set()).device
-        drop = torch.rand(batch, generator=generator, device="cpu").to(device) < p
-        return self.replace(drop_text=drop | self.text_dropped(batch, device))
+    def with_text_of(self, other: "Conditioning") -> "Conditioning":
+        """This conditioning with its text fields (``text``, ``text_mask``, ``text_pooled``,
+        ``drop_text``) taken from ``other``: the unconditional pass of a negative prompt,
+        which keeps known frames, frame stride, low-resolution clip and control.
 
-    def cat(self, other: "Conditioning") -> "Conditioning":
-        """Concatenate two conditionings along the batch: ``(B1, ...) + (B2, ...) -> (B1 + B2, ...)``."""
-        b1, b2 = self.batch_size, other.batch_size
-        if b1 is None and b2 is None:
+        ``other`` has this batch size, or 1 (one negative prompt for every row). An ``other``
+        without text (no ``text`` nor ``text_pooled``) means the null text: ``self.null()``.
+        """
+        if other.text is None and other.text_pooled is None:
+            return self.null(text=True)
+        batch, b_other = self.batch_size, other.batch_size
+        if b_other is not None and batch is not None and b_other not in (1, batch):
+            raise ValueError(f"with_text_of: the other conditioning has batch size {b_other}; "
+                             f"expected 1 or {batch}")
+        texts = {n: getattr(other, n) for n in TEXT_FIELDS}
+        if b_other == 1 and batch is not None:
+            texts = {n: None if x is None else x.expand(batch, *x.shape[1:]) for n, x in texts.items()}
+        return self.replace(**texts)
+
+    def cat(self, *others: "Conditioning") -> "Conditioning":
+        """Concatenate conditionings along the batch: ``(B1, ...) + (B2, ...) -> (B1 + B2, ...)``.
+
+        Token sequences of different lengths are padded to the longest ``L``: ``text`` with
+        zeros and ``text_mask`` with False, so networks that honour the mask (UNet3D and
+        VideoDiT do) give every row the output it would have alone. Two fields may be
+        implicit on one side: ``drop_text`` (False where text is set, else True) and, where
+        text is set, ``text_mask`` (all True). Any other field set on one side only is an error.
+        """
+        parts = (self,) + others
+        if all(p.batch_size is None for p in parts):
             return self
-        names = set(self.fields_set()) | set(other.fields_set())
-        # drop_text may be implicit on one side: make it explicit on both.
-        a = self.replace(drop_text=self.text_dropped(b1, _device(self)) if b1 else None)
-        b = other.replace(drop_text=other.text_dropped(b2, _device(other)) if b2 else None)
-        names.add("drop_text")
+        names = set().union(*(p.fields_set() for p in parts)) | {"drop_text"}
+        if "text" in names:
+            names.add("text_mask")
+        parts = [_explicit(p, "text_mask" in names) for p in parts]
+        lengths = [p.text.shape[1] for p in parts if p.text is not None]
+        if lengths and len(set(lengths)) > 1:
+            parts = [_pad_text(p, max(lengths)) for p in parts]
         out = {}
-        for name in names:
-            x, y = getattr(a, name), getattr(b, name)
-            if x is None or y is None:
-                raise ValueError(
-                    f"Conditioning.cat: field {name!r} is set on one side only; "
-                    "both sides must carry the same fields"
-                )
-            out[name] = torch.cat([x, y], dim=0)
+        for name in sorted(names, key=_TENSOR_FIELDS.index):
+            values = [getattr(p, name) for p in parts]
+            if any(v is None for v in values):
+                raise ValueError(f"Conditioning.cat: field {name!r} is set on some sides only; "
+                                 "every side must carry the same fields")
+            shapes = {tuple(v.shape[1:]) for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"Conditioning.cat: field {name!r} has different per-sample "
+                                 f"shapes {sorted(shapes)}")
+            out[name] = torch.cat(values, dim=0)
         return Conditioning(**out)
 
 
-def _device(cond: Conditioning):
-    return next(getattr(cond, n) for n in cond.fields_set()).device
+def _explicit(cond: Conditioning, with_mask: bool) -> Conditioning:
+    """``cond`` with its implicit ``drop_text`` (and, where text is set and ``with_mask``, its
+    implicit all-True ``text_mask``) written out, so that it concatenates with any other side."""
+    batch = cond.batch_size
+    if batch is None:
+        return cond
+    changes = {"drop_text": cond.text_dropped(batch, cond.device)}
+    if with_mask and cond.text is not None and cond.text_mask is None:
+        changes["text_mask"] = torch.ones(cond.text.shape[:2], dtype=torch.bool, device=cond.text.device)
+    return cond.replace(**changes)
 
 
-def cat_conditionings(a: Optional[Conditioning], b: Optional[Conditioning]) -> Optional[Conditioning]:
-    """``a.cat(b)`` that also accepts ``None`` on both sides (no conditioning at all)."""
-    if a is None and b is None:
-        return None
-    if a is None or b is None:
-        raise ValueError("cannot concatenate a Conditioning with None")
-    return a.cat(b)
+def _pad_text(cond: Conditioning, length: int) -> Conditioning:
+    """Pad ``text (B, L, D)`` with zeros and ``text_mask (B, L)`` with False to ``length`` tokens."""
+    if cond.text is None or cond.text.shape[1] == length:
+        return cond
+    extra = length - cond.text.shape[1]
+    return cond.replace(text=F.pad(cond.text, (0, 0, 0, extra)),                  # (B, length, D)
+                        text_mask=F.pad(cond.text_mask, (0, extra), value=False))  # (B, length)

@@ -5,13 +5,16 @@ Samplers only ever see these callables, so a new network or an external model is
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from vidiff.diffusion.objectives import PARAMETERIZATIONS, prediction_to_x0
 from vidiff.diffusion.schedule import Schedule, broadcast
+
+if TYPE_CHECKING:  # for annotations only: the diffusion core calls Conditioning's methods, never builds one
+    from vidiff.conditioning import Conditioning
 
 
 class NetworkDenoiser:
@@ -37,38 +40,91 @@ class NetworkDenoiser:
 
 
 class GuidedDenoiser:
-    """Classifier-free guidance (Ho & Salimans 2022) around any denoiser.
+    """Classifier-free guidance (Ho & Salimans 2022) around any denoiser, with separate scales
+    for the text and for the known frames (image-to-video wants both).
 
-    The conditional and unconditional passes run as one batched call on
-    ``cond.cat(cond.null(**null_options))``; the result is
-    ``x0_u + scale * (x0_c - x0_u)`` (guiding ``x0_hat`` is the same as guiding ``eps``: both
-    are affine in the prediction with the same coefficients at fixed ``x_t``).
+    Write ``x_full``, ``x_frames`` and ``x_none`` for the denoiser's ``x0_hat`` on the full
+    condition ``c``, on ``c`` without its text (``c.null(text=True)``) and on ``c`` without text
+    nor known frames (``c.null(text=True, frames=True)``). The guided prediction is::
+
+        x_none + frame_scale * (x_frames - x_none) + scale * (x_full - x_frames)
+
+    Why: the score of ``p(x | frames, text)`` telescopes exactly into
+    ``grad log p(x) + [grad log p(x | frames) - grad log p(x)]
+    + [grad log p(x | frames, text) - grad log p(x | frames)]``: an unconditional score, what
+    the frames add, and what the text adds on top of the frames. Guidance multiplies the two
+    differences by their own scales (the image-and-text guidance of InstructPix2Pix). At a
+    fixed ``x_t`` the score is ``(alpha x0_hat - x_t) / sigma**2``, affine in ``x0_hat``, and
+    the three weights ``1 - frame_scale``, ``frame_scale - scale`` and ``scale`` sum to 1, so
+    the ``x_t`` terms cancel and the same combination applies to ``x0_hat`` (or ``eps``, ``v``).
+
+    Passes, all run as one batched call on ``Conditioning.cat`` (rows stacked in the order
+    full, frames-only, none):
+
+    * ``frame_scale`` None (the default) or 1, or ``cond`` without known frames: the frames
+      stay in every pass and the formula is the two-pass ``x_frames + scale * (x_full -
+      x_frames)``; a single pass when ``scale == 1`` too (or ``cond`` is None).
+    * otherwise three passes. A ``cond`` without text (no ``text`` nor ``text_pooled``) and no
+      ``negative`` has ``x_frames == x_full``, and that pass is skipped.
+
+    ``negative`` (a Conditioning from a negative prompt, of batch ``B`` or 1) stands in for the
+    null text wherever a pass has no text: those passes are ``cond.with_text_of(negative)``
+    (and its ``.null(text=False, frames=True)``), so known frames, frame stride, low-resolution
+    clip and control stay in them.
 
     ``rescale`` (phi, Lin et al. 2023) pulls the guided prediction's per-sample standard
-    deviation back towards the conditional one, ``phi * x_cfg * std(x_c) / std(x_cfg) +
+    deviation back towards that of ``x_full``, ``phi * x_cfg * std(x_full) / std(x_cfg) +
     (1 - phi) * x_cfg``, which undoes the over-saturation that large scales cause.
-    ``scale = 1`` or ``cond = None`` skip guidance entirely (one pass, no extra cost).
-    ``negative`` (a Conditioning of the same batch size, e.g. a negative prompt) replaces
-    the null condition in the unconditional pass.
+
+    Args:
+        denoiser: ``denoiser(x_t (B, ...), t (B,), cond) -> x0_hat (B, ...)``.
+        scale: text guidance scale (1 = no text guidance).
+        frame_scale: known-frame guidance scale (None = no frame guidance).
+        rescale: guidance rescale phi in ``[0, 1]``.
+        negative: negative-prompt conditioning (None = the network's null text).
     """
 
-    def __init__(self, denoiser: Callable, scale: float, rescale: float = 0.0,
-                 null_options: Optional[dict] = None, negative=None):
+    def __init__(self, denoiser: Callable, scale: float, *, frame_scale: Optional[float] = None,
+                 rescale: float = 0.0, negative: Optional[Conditioning] = None):
         if not 0.0 <= rescale <= 1.0:
             raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
         self.denoiser, self.scale, self.rescale = denoiser, float(scale), float(rescale)
-        self.null_options, self.negative = null_options or {}, negative
+        self.frame_scale = None if frame_scale is None else float(frame_scale)
+        self.negative = negative
 
-    def __call__(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
-        if cond is None or self.scale == 1.0:
+    def passes(self, cond: Optional[Conditioning]) -> dict[str, Optional[Conditioning]]:
+        """The conditionings this guidance evaluates for ``cond``, by role, in batch order:
+        ``"full"`` always, then ``"frames"`` (no text) and ``"none"`` (no text, no frames)
+        where the formula needs them."""
+        if cond is None:
+            return {"full": None}
+        frames = self.frame_scale not in (None, 1.0) and cond.mask is not None
+        has_text = self.negative is not None or cond.text is not None or cond.text_pooled is not None
+        no_text = cond.with_text_of(self.negative) if self.negative is not None else cond.null(text=True)
+        passes = {"full": cond}
+        if has_text and (frames or self.scale != 1.0):
+            passes["frames"] = no_text
+        if frames:
+            passes["none"] = no_text.null(text=False, frames=True)
+        return passes
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None) -> Tensor:
+        # x: (B, ...), t: (B,) -> guided x0_hat (B, ...)
+        if cond is not None:
+            cond.check_batch(x.shape[0])
+        passes = self.passes(cond)
+        if len(passes) == 1:
             return self.denoiser(x, t, cond)
-        uncond = self.negative if self.negative is not None else cond.null(**self.null_options)
-        both = cond.cat(uncond)
-        out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), both)      # (2B, ...)
-        x_c, x_u = out.chunk(2)
-        guided = x_u + self.scale * (x_c - x_u)
+        n, (first, *rest) = len(passes), passes.values()
+        out = self.denoiser(torch.cat([x] * n), torch.cat([t] * n), first.cat(*rest))  # (n*B, ...)
+        pred = dict(zip(passes, out.chunk(n)))                                          # role -> (B, ...)
+        x_full = pred["full"]
+        x_frames = pred.get("frames", x_full)   # no text pass: the text changes nothing
+        guided = x_frames + self.scale * (x_full - x_frames)
+        if "none" in pred:
+            guided = guided + (1.0 - self.frame_scale) * (pred["none"] - x_frames)
         if self.rescale > 0:
             dims = tuple(range(1, x.ndim))
-            ratio = x_c.std(dim=dims) / guided.std(dim=dims).clamp(min=1e-12)  # (B,)
+            ratio = x_full.std(dim=dims) / guided.std(dim=dims).clamp(min=1e-12)  # (B,)
             guided = self.rescale * guided * broadcast(ratio, guided) + (1 - self.rescale) * guided
         return guided
