@@ -1,10 +1,10 @@
-"""Parameterizations, loss weighting and training-time samplers."""
+"""Parameterizations and loss weighting."""
 import pytest
 import torch
 
 from vidiff.diffusion import (
     PARAMETERIZATIONS, SCHEDULES, Schedule, diffusion_loss, loss_weight, prediction_target,
-    prediction_to_x0, sample_training_t, x0_to_prediction,
+    prediction_to_x0, x0_to_prediction,
 )
 
 
@@ -70,17 +70,6 @@ def test_diffusion_loss_is_weighted_mse():
         float(0.25 * w.mean()), rel=1e-5)
 
 
-def test_training_time_samplers():
-    g = torch.Generator().manual_seed(0)
-    u = sample_training_t(64, "uniform", generator=g)
-    # stratified: exactly one draw in each 1/64 bin
-    assert torch.equal(torch.sort((u * 64).floor().long()).values, torch.arange(64))
-    z = sample_training_t(20000, "logit_normal", mean=0.5, std=0.8, generator=g).double()
-    logit = torch.log(z / (1 - z))
-    assert float(logit.mean()) == pytest.approx(0.5, abs=0.03)
-    assert float(logit.std()) == pytest.approx(0.8, abs=0.03)
-
-
 def test_bad_names():
     s = Schedule.from_name("flow")
     x = torch.zeros(1, 2)
@@ -88,5 +77,3 @@ def test_bad_names():
         prediction_to_x0("epsilon", x, x, torch.tensor([0.5]), s)
     with pytest.raises(ValueError, match="'snr'.*min_snr"):
         loss_weight("eps", torch.tensor([0.5]), s, "snr")
-    with pytest.raises(ValueError, match="'normal'.*logit_normal"):
-        sample_training_t(4, "normal")

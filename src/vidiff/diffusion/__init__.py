@@ -2,19 +2,22 @@
 from vidiff.diffusion.denoisers import GuidedDenoiser, NetworkDenoiser
 from vidiff.diffusion.objectives import (
     LOSS_WEIGHTINGS, PARAMETERIZATIONS, TIME_DISTRIBUTIONS, diffusion_loss, loss_weight,
-    prediction_target, prediction_to_x0, sample_training_t, x0_to_prediction,
+    prediction_target, prediction_to_x0, x0_to_prediction,
 )
 from vidiff.diffusion.samplers import (
-    DEFAULT_SPACING, SAMPLERS, SPACINGS, ddim_invert, invert, log_snr_grid, progress_callback,
-    sample, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun, timesteps,
+    DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS, KARRAS_K_MAX, KARRAS_K_MIN, SAMPLERS, SPACINGS, ddim_invert, invert,
+    log_snr_grid, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m,
+    sample_euler, sample_heun, timesteps,
 )
 from vidiff.diffusion.schedule import SCHEDULES, Schedule
 
 __all__ = [
     "Schedule", "SCHEDULES", "sample", "invert", "SAMPLERS", "SPACINGS", "DEFAULT_SPACING",
-    "timesteps", "log_snr_grid", "progress_callback",
+    "DEFAULT_SAMPLER", "DEFAULT_STEPS",
+    "KARRAS_K_MAX", "KARRAS_K_MIN",
+    "timesteps", "log_snr_grid",
     "sample_ddpm", "sample_ddim", "sample_euler", "sample_heun", "sample_dpmpp_2m", "ddim_invert",
     "PARAMETERIZATIONS", "LOSS_WEIGHTINGS", "TIME_DISTRIBUTIONS", "prediction_target",
-    "prediction_to_x0", "x0_to_prediction", "loss_weight", "sample_training_t", "diffusion_loss",
+    "prediction_to_x0", "x0_to_prediction", "loss_weight", "diffusion_loss",
     "NetworkDenoiser", "GuidedDenoiser",
 ]

@@ -1,4 +1,4 @@
-"""What a network predicts, how that becomes ``x0_hat``, and how training weighs and samples ``t``.
+"""What a network predicts, how that becomes ``x0_hat``, and how training weighs ``t``.
 
 Four parameterizations of the same denoiser, for ``x_t = alpha x0 + sigma eps``:
 
@@ -20,6 +20,8 @@ from vidiff.diffusion.schedule import Schedule, broadcast
 
 PARAMETERIZATIONS = ("eps", "v", "x0", "flow")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
+# Training-time distributions the run config accepts; the draws themselves are per-sample
+# streams of the trainer (``vidiff.train.objective.SampleDraws.times``).
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
 
 
@@ -114,31 +116,6 @@ def loss_weight(kind: str, t: Tensor, schedule: Schedule, weighting: str = "unif
     snr = schedule.log_snr(t.to(torch.float64)).exp()
     weight = snr.clamp(max=gamma) * _x0_error_scale(kind, t, schedule) ** 2
     return weight.to(torch.float32)
-
-
-def sample_training_t(batch: int, distribution: str = "uniform", mean: float = 0.0, std: float = 1.0,
-                      eps: float = 1e-5, generator: torch.Generator | None = None,
-                      device=None) -> Tensor:
-    """Draw training times ``(B,)`` in ``[eps, 1 - eps]``.
-
-    * ``"uniform"``: stratified uniform — one draw per ``1/B`` interval, shuffled, which lowers
-      the variance of the batch loss at no cost to its expectation.
-    * ``"logit_normal"``: ``sigmoid(N(mean, std^2))`` (Esser et al. 2024), concentrating
-      training on the middle times that matter most for flow models.
-    """
-    if distribution not in TIME_DISTRIBUTIONS:
-        raise ValueError(f"unknown time distribution {distribution!r}; accepted: {list(TIME_DISTRIBUTIONS)}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    if distribution == "uniform":
-        u = (torch.arange(batch, dtype=torch.float64)
-             + torch.rand(batch, generator=generator, dtype=torch.float64)) / batch
-        u = u[torch.randperm(batch, generator=generator)]
-    else:
-        if not std > 0:
-            raise ValueError(f"logit_normal std must be > 0, got {std}")
-        u = torch.sigmoid(mean + std * torch.randn(batch, generator=generator, dtype=torch.float64))
-    return u.clamp(eps, 1 - eps).to(device=device, dtype=torch.float32)
 
 
 def diffusion_loss(pred: Tensor, x0: Tensor, noise: Tensor, t: Tensor, schedule: Schedule,
