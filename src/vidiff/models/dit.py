@@ -32,8 +32,11 @@ Design, and why:
 Extension points: ``forward(x, t, cond, residuals)`` adds ``residuals[i]``, shape
 ``(B, N_tokens, hidden)`` (see :meth:`VideoDiT.residual_shapes`), to the output of block
 ``i``: how a ControlNet injects its control signal. Every attention layer is a shared
-:class:`~vidiff.models.layers.Attention`, whose processor
-:func:`~vidiff.models.layers.set_attention_processor` swaps.
+:class:`~vidiff.models.layers.Attention` of kind ``"spatial"`` (``blocks.i.attn`` of a
+factorized block), ``"temporal"`` (``attn_t``), ``"full"`` (``attn`` of a full block) or
+``"cross"``, whose processor :func:`~vidiff.models.layers.attention_processors` replaces for a
+scope; it sees the layout ``(B, T', H', W')`` of the patch grid. ``cond.control`` is refused:
+no network consumes control maps yet.
 
 Parameter counts (``count_parameters``, registry configs as written, i.e. no text;
 ``+text`` with ``text_dim=768``):
@@ -58,13 +61,12 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from vidiff.conditioning import Conditioning
 from vidiff.config import ConfigError
 from vidiff.models.condition import ConditionEmbedder
-from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, modulate,
-                                  rotary_cos_sin, rotary_cos_sin_3d, rotary_cos_sin_axes,
+from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, checkpoint_scoped,
+                                  modulate, rotary_cos_sin, rotary_cos_sin_3d, rotary_cos_sin_axes,
                                   xavier_linears)
 
 #################################################################################
@@ -174,7 +176,9 @@ def unpatchify(x: Tensor, grid: tuple[int, int, int], p: int, pt: int) -> Tensor
     C = x.shape[-1] // (pt * p * p)
     x = x.reshape(B, Tt, Ht, Wt, C, pt, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, T', pt, H', p, W', p)
     x = x.reshape(B, C, Tt * pt, Ht * p, Wt * p)                               # (B, C, T+pt-1, H, W)
-    return x[:, :, pt - 1:].contiguous()                                       # drop the padding copies
+    # Drop the padding copies; with pt = 1 return x itself, not a view of it (FSDP warns when
+    # a root module returns a view, which an in-place op would detach from its backward hook).
+    return x[:, :, pt - 1:].contiguous() if pt > 1 else x
 
 
 @dataclass
@@ -200,6 +204,7 @@ class DiTBlock(nn.Module):
 
     ``(B, N, hidden) -> (B, N, hidden)`` with ``N = T' * H' * W'``.
     """
+    fsdp_unit = True   # the trainer's FSDP shards (all-gathers, frees) each block on its own
 
     def __init__(self, cfg: DiTConfig, mode: str, slots: tuple[str, ...]):
         super().__init__()
@@ -208,9 +213,10 @@ class DiTBlock(nn.Module):
         self.slots = _slots(self.factorized, cfg.text_dim is not None)
         # The norms have no weights (adaLN supplies scale and shift), so one serves every sub-layer.
         self.norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(D, heads, qk_norm=cfg.qk_norm)
-        self.attn_t = Attention(D, heads, qk_norm=cfg.qk_norm, zero_init=True) if self.factorized else None
-        self.cross = Attention(D, heads, context_dim=D, qk_norm=cfg.qk_norm) \
+        self.attn = Attention(D, heads, qk_norm=cfg.qk_norm, kind="spatial" if self.factorized else "full")
+        self.attn_t = Attention(D, heads, qk_norm=cfg.qk_norm, zero_init=True, kind="temporal") \
+            if self.factorized else None
+        self.cross = Attention(D, heads, context_dim=D, qk_norm=cfg.qk_norm, kind="cross") \
             if cfg.text_dim is not None else None
         self.mlp = FeedForward(D, cfg.mlp_ratio)
         n = len(self.slots)
@@ -233,25 +239,26 @@ class DiTBlock(nn.Module):
     def forward(self, x: Tensor, ctx: _Context) -> Tensor:
         B, N, D = x.shape
         T, H, W = ctx.grid
-        L = H * W
+        L, layout = H * W, (B, T, H, W)                                         # layout: for processors
         mod = self.modulation(ctx)                                              # slot -> 3 x (B, D)
         shift, scale, gate = mod["attn"]                                        # (B, D) each
         h = modulate(self.norm(x), shift, scale)                                # (B, N, D)
         if self.factorized:
-            h = self.attn(h.reshape(B * T, L, D), rope=ctx.rope_hw).view(B, N, D)   # (B, N, D) per frame
+            h = self.attn(h.reshape(B * T, L, D), rope=ctx.rope_hw, layout=layout).view(B, N, D)  # per frame
         else:
-            h = self.attn(h, rope=ctx.rope_3d)                                  # (B, N, D)
+            h = self.attn(h, rope=ctx.rope_3d, layout=layout)                   # (B, N, D)
         x = x + gate.unsqueeze(1) * h                                           # (B, N, D)
         if self.attn_t is not None and T > 1:
             shift, scale, gate = mod["temporal"]
             h = modulate(self.norm(x), shift, scale)                            # (B, N, D)
             h = h.view(B, T, L, D).transpose(1, 2).reshape(B * L, T, D)         # (B*L, T, D)
-            h = self.attn_t(h, rope=ctx.rope_t)                                 # (B*L, T, D)
+            h = self.attn_t(h, rope=ctx.rope_t, layout=layout)                  # (B*L, T, D)
             h = h.view(B, L, T, D).transpose(1, 2).reshape(B, N, D)             # (B, N, D)
             x = x + (1 + gate).unsqueeze(1) * h     # (B, N, D); gate 1 + g: to_out starts at 0
         if self.cross is not None:
             shift, scale, gate = mod["cross"]
-            h = self.cross(modulate(self.norm(x), shift, scale), ctx.text, ctx.text_mask)  # (B, N, D)
+            h = self.cross(modulate(self.norm(x), shift, scale), ctx.text, ctx.text_mask,
+                           layout=layout)                                       # (B, N, D)
             x = x + gate.unsqueeze(1) * h                                       # (B, N, D)
         shift, scale, gate = mod["mlp"]
         return x + gate.unsqueeze(1) * self.mlp(modulate(self.norm(x), shift, scale))  # (B, N, D)
@@ -323,15 +330,20 @@ class VideoDiT(nn.Module):
         T, H, W = self.token_grid(x_shape)
         return [(x_shape[0], T * H * W, self.config.hidden)] * self.config.depth
 
-    def _check(self, x: Tensor, t: Tensor) -> None:
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise a ValueError naming the size unless the network takes inputs ``(B, C, T, H, W)``
+        of ``shape`` (so a pipeline can refuse a size before any sampling work)."""
         cfg = self.config
         p, pt = cfg.patch, cfg.patch_t
-        if x.ndim != 5 or x.shape[1] != cfg.in_channels or x.shape[3] % p or x.shape[4] % p \
-                or (x.shape[2] - 1) % pt:
+        if len(shape) != 5 or shape[1] != cfg.in_channels or shape[3] % p or shape[4] % p \
+                or (shape[2] - 1) % pt:
             frames = f" and T = 1 + k * patch_t (patch_t={pt}: T in 1, {1 + pt}, {1 + 2 * pt}, ...)" \
                 if pt > 1 else ""
             raise ValueError(f"VideoDiT expects x of shape (B, C={cfg.in_channels}, T, H, W) with H "
-                             f"and W divisible by patch={p}{frames}; got {tuple(x.shape)}")
+                             f"and W divisible by patch={p}{frames}; got {tuple(shape)}")
+
+    def _check(self, x: Tensor, t: Tensor) -> None:
+        self.check_shape(tuple(x.shape))
         if t.shape != (x.shape[0],):
             raise ValueError(f"VideoDiT expects t of shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
 
@@ -353,7 +365,7 @@ class VideoDiT(nn.Module):
 
     def _run(self, block: nn.Module, x: Tensor, ctx: _Context) -> Tensor:
         if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, ctx, use_reentrant=False)
+            return checkpoint_scoped(block, x, ctx)
         return block(x, ctx)
 
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,

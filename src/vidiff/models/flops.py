@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
 
 _aten = torch.ops.aten
 
@@ -50,7 +50,6 @@ def _register_mkldnn_convolution() -> None:
     op = getattr(_aten, "mkldnn_convolution", None)
     if op is None:
         return
-    from torch.utils.flop_counter import conv_flop_count
     try:
         @register_flop_formula(op)
         def _fwd(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:

@@ -6,11 +6,17 @@ these, so a fix or a faster kernel lands everywhere at once.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 #################################################################################
 #                          Diffusion-time embeddings                            #
@@ -106,34 +112,96 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 #################################################################################
 #                                  Attention                                    #
 #################################################################################
+# Kinds of attention layer, by what their tokens are (sequences, tokens per sequence). UNet3D
+# and VideoDiT give the same kind the same name, so one processor serves both.
+ATTENTION_KINDS = (
+    "spatial",    # self-attention among the tokens of one frame          (B*T, H*W)
+    "temporal",   # self-attention among the frames at one token position  (B*H*W, T)
+    "cross",      # video tokens attending to the text tokens              (B, T*H*W)
+    "full",       # self-attention among every token of the clip (VideoDiT "full" blocks)
+    "self",       # self-attention on a sequence that is no video grid (the built-in text encoder)
+)
+
+Layout = tuple[int, int, int, int]
 
 
-class SDPAProcessor:
-    """Default attention kernel: ``torch.nn.functional.scaled_dot_product_attention``.
+@dataclass(frozen=True)
+class AttentionCall:
+    """What an attention processor is told about the call it serves.
 
-    A processor takes ``(attn, q, k, v, mask)`` with q ``(B, heads, Lq, d)``, k and v
-    ``(B, heads, Lk, d)`` and an optional boolean mask broadcastable to ``(B, heads, Lq, Lk)``
-    (True = attend), and returns ``(B, heads, Lq, d)``. Replace it on any ``Attention`` (see
-    :func:`set_attention_processor`) to record or swap keys and values, as editing needs.
+    Attributes:
+        name: the layer's module name inside the model given to :func:`attention_processors`
+            (``"blocks.0.attn_t"``).
+        kind: one of :data:`ATTENTION_KINDS`.
+        layout: ``(B, T, H, W)`` of the video token grid the layer works on (for a UNet3D level,
+            that level's resolution; for VideoDiT, the patch grid ``(B, T', H', W')``); None for
+            a sequence that is no video (the text encoder).
+        step: the sampling step set by :func:`sampling_step` / :func:`set_sampling_step`
+            (an int counted from 0), None outside a sampling loop.
+    """
+    name: str
+    kind: str
+    layout: Optional[Layout]
+    step: Optional[int]
+
+
+class AttentionProcessor(Protocol):
+    """``processor(attn, q, k, v, mask, call) -> (B', heads, Lq, d)``.
+
+    ``q (B', heads, Lq, d)``, ``k`` and ``v (B', heads, Lk, d)`` are already projected,
+    normalised and rotated; ``mask`` is None or boolean, broadcastable to
+    ``(B', heads, Lq, Lk)`` (True = attend); ``attn`` is the calling :class:`Attention`
+    (``attn.kind``, ``attn.heads``); ``call`` is an :class:`AttentionCall`.
     """
 
     def __call__(self, attn: "Attention", q: Tensor, k: Tensor, v: Tensor,
-                 mask: Optional[Tensor]) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                 mask: Optional[Tensor], call: AttentionCall) -> Tensor: ...
+
+
+def sdpa_processor(attn: "Attention", q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+                   call: Optional[AttentionCall] = None) -> Tensor:
+    """The default kernel, ``scaled_dot_product_attention``; processors may delegate to it."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# The processors of the current scope, {Attention module: (its name, processor)}, and the
+# sampling step. Context variables, not module attributes: each thread (and each asyncio task)
+# sees its own, so two requests sharing one model never see each other's processors.
+_PROCESSORS: ContextVar[Mapping["Attention", tuple[str, AttentionProcessor]]] = \
+    ContextVar("vidiff_attention_processors", default=MappingProxyType({}))
+_STEP: ContextVar[Optional[int]] = ContextVar("vidiff_sampling_step", default=None)
+# How many processor scopes are open in any thread. Only a shortcut: while it is 0 forward
+# skips the ContextVar lookup, which torch.compile cannot trace (a graph break per layer);
+# compiled code guards on this value and recompiles when a scope opens.
+_open_scopes = 0
+_open_scopes_lock = threading.Lock()
+
+
+def _count_scope(change: int) -> None:
+    global _open_scopes
+    with _open_scopes_lock:
+        _open_scopes += change
 
 
 class Attention(nn.Module):
-    """Multi-head self- or cross-attention on token sequences, through a swappable processor.
+    """Multi-head self- or cross-attention on token sequences, through a scoped processor.
 
+    ``kind`` (one of :data:`ATTENTION_KINDS`; default ``"cross"`` with ``context_dim``, else
+    ``"self"``) tells processors what the tokens are. The kernel is :func:`sdpa_processor`
+    unless :func:`attention_processors` installs another for the current scope.
     ``zero_init=True`` zeroes the output projection, so a residual attention layer starts as
     the identity (how temporal layers are added to an image network without changing it).
     """
 
     def __init__(self, dim: int, heads: int, context_dim: Optional[int] = None,
-                 qk_norm: bool = True, zero_init: bool = False):
+                 qk_norm: bool = True, zero_init: bool = False, kind: Optional[str] = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        kind = kind or ("cross" if context_dim is not None else "self")
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention kind {kind!r} is not one of {list(ATTENTION_KINDS)}")
+        self.kind = kind
         self.heads, self.head_dim = heads, dim // heads
         self.is_cross = context_dim is not None
         self.to_q = nn.Linear(dim, dim, bias=False)
@@ -145,33 +213,122 @@ class Attention(nn.Module):
         if zero_init:
             nn.init.zeros_(self.to_out.weight)
             nn.init.zeros_(self.to_out.bias)
-        self.processor: Callable = SDPAProcessor()
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, heads={self.heads}, head_dim={self.head_dim}"
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None,
                 context_mask: Optional[Tensor] = None,
-                rope: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
-        # x: (B, L, dim); context: (B, S, context_dim); context_mask: (B, S) bool, True = keep
+                rope: Optional[tuple[Tensor, Tensor]] = None,
+                layout: Optional[Layout] = None) -> Tensor:
+        # x: (B', L, dim); context: (B', S, context_dim); context_mask: (B', S) bool, True = keep;
+        # layout: (B, T, H, W) of the video token grid x comes from (for processors only)
         B, L, _ = x.shape
         source = x if context is None else context
-        q = self.to_q(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)       # (B, h, L, d)
+        q = self.to_q(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)       # (B', h, L, d)
         k, v = self.to_kv(source).view(B, source.shape[1], 2, self.heads,
-                                       self.head_dim).permute(2, 0, 3, 1, 4)         # 2 x (B, h, S, d)
+                                       self.head_dim).permute(2, 0, 3, 1, 4)         # 2 x (B', h, S, d)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:  # positions only make sense for self-attention
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         mask = None
         if context_mask is not None:
-            mask = context_mask[:, None, None, :].to(torch.bool)                      # (B, 1, 1, S)
-        out = self.processor(self, q, k, v, mask)                                     # (B, h, L, d)
-        out = out.transpose(1, 2).reshape(B, L, self.heads * self.head_dim)           # (B, L, dim)
+            mask = context_mask[:, None, None, :].to(torch.bool)                      # (B', 1, 1, S)
+        scoped = _PROCESSORS.get().get(self) if _open_scopes else None
+        if scoped is None:
+            out = sdpa_processor(self, q, k, v, mask)                                 # (B', h, L, d)
+        else:
+            name, processor = scoped
+            out = processor(self, q, k, v, mask, AttentionCall(name, self.kind, layout, _STEP.get()))
+        out = out.transpose(1, 2).reshape(B, L, self.heads * self.head_dim)           # (B', L, dim)
         return self.to_out(out)
 
 
-def set_attention_processor(model: nn.Module, processor_for: Callable[[str, Attention], Callable]) -> None:
-    """Give every ``Attention`` in ``model`` the processor ``processor_for(name, module)``."""
+@contextmanager
+def attention_processors(model: nn.Module,
+                         processor_for: Callable[[str, Attention], Optional[AttentionProcessor]]
+                         ) -> Iterator[dict[str, AttentionProcessor]]:
+    """Run the ``with`` block with ``processor_for(name, module)`` as the processor of every
+    :class:`Attention` in ``model`` (None: keep the current one); restored on exit.
+
+    The scope belongs to the current thread / asyncio task (a ``ContextVar``): another thread
+    running the same model meanwhile keeps its own processors. Scopes nest; an inner one
+    overrides the outer one's layers it names. Yields ``{name: processor}`` as installed.
+
+    .. code-block:: python
+
+        def zero_cross(attn, q, k, v, mask, call):
+            return torch.zeros_like(q)
+        with attention_processors(net, lambda name, m: zero_cross if m.kind == "cross" else None):
+            out = net(x, t, cond)
+    """
+    active = dict(_PROCESSORS.get())
+    installed = {}
     for name, module in model.named_modules():
         if isinstance(module, Attention):
-            module.processor = processor_for(name, module)
+            processor = processor_for(name, module)
+            if processor is not None:
+                active[module] = (name, processor)
+                installed[name] = processor
+    token = _PROCESSORS.set(MappingProxyType(active))
+    _count_scope(+1)
+    try:
+        yield installed
+    finally:
+        _count_scope(-1)
+        _PROCESSORS.reset(token)
+
+
+@contextmanager
+def sampling_step(step: Optional[int]) -> Iterator[None]:
+    """Run the ``with`` block with ``step`` as the sampling step processors see (restored on
+    exit, per thread / asyncio task like :func:`attention_processors`). A sampling loop opens
+    one scope and advances it with :func:`set_sampling_step`."""
+    token = _STEP.set(step)
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
+def set_sampling_step(step: Optional[int]) -> Token:
+    """Set the sampling step processors see, e.g. from a sampler's progress callback. Inside a
+    :func:`sampling_step` scope the previous value comes back when the scope exits; elsewhere
+    pass the returned token to :func:`reset_sampling_step`."""
+    return _STEP.set(step)
+
+
+def reset_sampling_step(token: Token) -> None:
+    """Undo the :func:`set_sampling_step` that returned ``token``."""
+    _STEP.reset(token)
+
+
+def current_sampling_step() -> Optional[int]:
+    """The sampling step of the current scope (None outside sampling)."""
+    return _STEP.get()
+
+
+def checkpoint_scoped(fn: Callable[..., Tensor], *args) -> Tensor:
+    """``fn(*args)`` under activation checkpointing (non-reentrant), recomputed in backward
+    with the attention processors and sampling step of this call.
+
+    Backward may run after the scope has closed, or on autograd's own thread (GPU); without
+    this the recomputation would use the default processors and disagree with the forward.
+    """
+    if not _open_scopes:  # no processors anywhere: nothing to carry (nor to hide from compile)
+        return checkpoint(fn, *args, use_reentrant=False)
+    processors, step = _PROCESSORS.get(), _STEP.get()
+
+    def run(*inputs):
+        tokens = _PROCESSORS.set(processors), _STEP.set(step)
+        _count_scope(+1)
+        try:
+            return fn(*inputs)
+        finally:
+            _count_scope(-1)
+            _STEP.reset(tokens[1])
+            _PROCESSORS.reset(tokens[0])
+    return checkpoint(run, *args, use_reentrant=False)
 
 
 #################################################################################

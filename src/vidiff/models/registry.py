@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from vidiff.config import ConfigError, from_dict, to_dict
 from vidiff.models.dit import DIT_MODELS, DiTConfig, VideoDiT
+from vidiff.models.flops import count_flops, count_parameters
 from vidiff.models.unet import UNET_MODELS, UNet3D, UNetConfig
 from vidiff.models.vae import VAE_MODELS, VAEConfig, VideoVAE
 
@@ -63,8 +65,6 @@ def network_spec(network: nn.Module) -> dict:
 def describe_sizes(frames: int = 16, size: int = 32) -> list[dict]:
     """Every registry size with its parameter count and forward FLOPs on one unconditional
     ``(1, C, frames, size, size)`` clip, computed on the meta device (no memory, no time)."""
-    import torch
-    from vidiff.models.flops import count_flops, count_parameters
     rows = []
     for name, config in MODELS.items():
         with torch.device("meta"):

@@ -29,6 +29,11 @@ Extension point: ``forward(x, t, cond, residuals)`` adds ``residuals[i]`` to the
 connection (in the order the encoder produces them, see :meth:`UNet3D.residual_shapes`) and
 the last one to the middle block's output: how a ControlNet injects its control signal;
 :meth:`UNet3D.encode` returns exactly those tensors, for a ControlNet built as a copy.
+Every attention layer is a shared :class:`~vidiff.models.layers.Attention` of kind
+``"spatial"``, ``"cross"`` or ``"temporal"`` (the names VideoDiT uses), whose processor
+:func:`~vidiff.models.layers.attention_processors` replaces for a scope; it sees the layout
+``(B, T, H_i, W_i)`` of its level. ``cond.control`` is refused: no network consumes control
+maps yet.
 """
 from __future__ import annotations
 
@@ -38,13 +43,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from vidiff.config import ConfigError
 from vidiff.conditioning import Conditioning
 from vidiff.models.condition import ConditionEmbedder
-from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, rotary_cos_sin,
-                                 sinusoidal_embedding, xavier_linears, zero_module)
+from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, checkpoint_scoped,
+                                 rotary_cos_sin, sinusoidal_embedding, xavier_linears, zero_module)
 
 #################################################################################
 #                                    Config                                     #
@@ -249,6 +253,7 @@ class ResBlock(nn.Module):
     ``(B*T, C_in, H, W), emb (B, E) -> (B*T, C_out, H, W)``. Norms are per frame, so frames
     are independent wherever the temporal convs are the identity.
     """
+    fsdp_unit = True   # the trainer's FSDP shards (all-gathers, frees) each block on its own
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, cfg: UNetConfig):
         super().__init__()
@@ -277,36 +282,41 @@ class AttentionBlock(nn.Module):
 
     Pre-LayerNorm residual sublayers on ``(B*T, C, H, W) -> (B*T, C, H, W)``. Temporal
     attention runs over the frames at each pixel with rotary frame positions, and its output
-    projection starts at zero.
+    projection starts at zero. Attention kinds: ``attn_s`` "spatial", ``attn_c`` "cross",
+    ``attn_t`` "temporal".
     """
+    fsdp_unit = True
 
     def __init__(self, dim: int, cfg: UNetConfig, spatial: bool, cross: bool, temporal: bool,
                  context_dim: int):
         super().__init__()
         heads = cfg.heads(dim)
 
-        def sub(on: bool, **kw):
-            return (nn.LayerNorm(dim), Attention(dim, heads, **kw)) if on else (None, None)
-        self.norm_s, self.attn_s = sub(spatial)
-        self.norm_c, self.attn_c = sub(cross, context_dim=context_dim)
-        self.norm_t, self.attn_t = sub(temporal, zero_init=True)
+        def sub(on: bool, kind: str, **kw):
+            return (nn.LayerNorm(dim), Attention(dim, heads, kind=kind, **kw)) if on else (None, None)
+        self.norm_s, self.attn_s = sub(spatial, "spatial")
+        self.norm_c, self.attn_c = sub(cross, "cross", context_dim=context_dim)
+        self.norm_t, self.attn_t = sub(temporal, "temporal", zero_init=True)
         self.norm_f = nn.LayerNorm(dim) if cfg.ff_mult > 0 else None
         self.ff = FeedForward(dim, cfg.ff_mult) if cfg.ff_mult > 0 else None
 
     def forward(self, h: Tensor, ctx: _Context) -> Tensor:
         N, C, H, W = h.shape
         B, T, L = ctx.B, ctx.T, H * W
+        layout = (B, T, H, W)                                                   # for processors
         x = _tokens(h)                                                          # (B*T, L, C)
         if self.attn_s is not None:
-            x = x + self.attn_s(self.norm_s(x))                                 # (B*T, L, C)
+            x = x + self.attn_s(self.norm_s(x), layout=layout)                  # (B*T, L, C)
         if self.attn_c is not None:
             # Cross-attention treats queries independently: one (B, T*L) sequence per clip
             # shares the text keys and values across frames instead of repeating them T times.
             xb = x.reshape(B, T * L, C)                                         # (B, T*L, C)
-            x = (xb + self.attn_c(self.norm_c(xb), ctx.text, ctx.text_mask)).view(N, L, C)
+            a = self.attn_c(self.norm_c(xb), ctx.text, ctx.text_mask, layout=layout)   # (B, T*L, C)
+            x = (xb + a).view(N, L, C)
         if self.attn_t is not None and T > 1:
             xt = x.reshape(B, T, L, C).transpose(1, 2).reshape(B * L, T, C)        # (B*L, T, C)
-            a = self.attn_t(self.norm_t(xt), rope=ctx.rope[self.attn_t.head_dim])  # (B*L, T, C)
+            a = self.attn_t(self.norm_t(xt), rope=ctx.rope[self.attn_t.head_dim],
+                            layout=layout)                                      # (B*L, T, C)
             x = (x.reshape(B, T, L, C) + a.view(B, L, T, C).transpose(1, 2)).view(N, L, C)
         if self.ff is not None:
             x = x + self.ff(self.norm_f(x))                                     # (B*T, L, C)
@@ -450,19 +460,24 @@ class UNet3D(nn.Module):
         return shapes + [(B, self.skip_channels[-1], T, H >> level, W >> level)]
 
     # ------------------------------------------------------------------ forward
-    def _check(self, x: Tensor, t: Tensor) -> None:
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise a ValueError naming the size unless the network takes inputs ``(B, C, T, H, W)``
+        of ``shape`` (so a pipeline can refuse a size before any sampling work)."""
         cfg = self.config
         factor = cfg.patch * 2 ** (cfg.levels - 1)
-        if x.ndim != 5 or x.shape[1] != cfg.in_channels or x.shape[3] % factor or x.shape[4] % factor:
+        if len(shape) != 5 or shape[1] != cfg.in_channels or shape[3] % factor or shape[4] % factor:
             raise ValueError(f"UNet3D expects x of shape (B, C={cfg.in_channels}, T, H, W) with H "
                              f"and W divisible by {factor} (patch {cfg.patch}, {cfg.levels - 1} "
-                             f"downsamplings); got {tuple(x.shape)}")
+                             f"downsamplings); got {tuple(shape)}")
+
+    def _check(self, x: Tensor, t: Tensor) -> None:
+        self.check_shape(tuple(x.shape))
         if t.shape != (x.shape[0],):
             raise ValueError(f"UNet3D expects t of shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
 
     def _run(self, module: nn.Module, h: Tensor, ctx: _Context) -> Tensor:
         if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(module, h, ctx, use_reentrant=False)
+            return checkpoint_scoped(module, h, ctx)
         return module(h, ctx)
 
     def _encode(self, x: Tensor, t: Tensor, cond: Optional[Conditioning]):

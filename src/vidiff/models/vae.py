@@ -30,73 +30,14 @@ Design, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vidiff.config import ConfigError
 from vidiff.models.vae_blocks import Decoder, Encoder, FactorizedCausalConv
-
-#################################################################################
-#                                    Config                                     #
-#################################################################################
-
-
-@dataclass
-class VAEConfig:
-    """Architecture and latent normalisation of a :class:`VideoVAE`.
-
-    ``channels`` holds one width per level; each level after the first halves height and
-    width, so the spatial factor is ``2 ** (len(channels) - 1)``. The ``log2(temporal_factor)``
-    temporal halvings happen at the first levels (where they save the most compute).
-    ``scaling_factor`` and ``shift_factor`` map posterior means to unit-variance latents:
-    ``z = (mean - shift_factor) * scaling_factor`` (see :meth:`VideoVAE.estimate_latent_scaling`).
-    """
-    kind: Literal["3d", "2d"] = "3d"
-    in_channels: int = 3
-    latent_channels: int = 8
-    channels: tuple[int, ...] = (64, 128, 256)
-    blocks_per_level: int = 2
-    temporal_factor: int = 4                  # 1, 2, 4, ... (a power of two)
-    mid_attention: bool = True                # per-frame self-attention in the middle blocks
-    head_dim: int = 64
-    norm: Literal["channel", "group"] = "channel"   # RMS per pixel, or GroupNorm per frame
-    norm_groups: int = 32                     # for norm="group"
-    scaling_factor: float = 1.0
-    shift_factor: float = 0.0
-    grad_checkpoint: bool = False
-
-    def __post_init__(self):
-        self.channels = tuple(self.channels)
-        levels = len(self.channels)
-        halvings = int(math.log2(self.temporal_factor)) if self.temporal_factor >= 1 else -1
-        for ok, msg in (
-            (self.kind in ("3d", "2d"), f"kind must be '3d' or '2d', got {self.kind!r}"),
-            (levels >= 1 and min(self.channels) >= 1, f"channels: expected positive widths, got {self.channels}"),
-            (min(self.in_channels, self.latent_channels, self.blocks_per_level, self.head_dim,
-                 self.norm_groups) >= 1, "in_channels, latent_channels, blocks_per_level, head_dim "
-                                         "and norm_groups must be >= 1"),
-            (halvings >= 0 and 2 ** halvings == self.temporal_factor,
-             f"temporal_factor must be a power of two, got {self.temporal_factor}"),
-            (halvings <= levels - 1, f"temporal_factor={self.temporal_factor} needs at least "
-                                     f"{halvings + 1} levels of channels, got {levels}"),
-            (self.scaling_factor > 0, f"scaling_factor must be positive, got {self.scaling_factor}"),
-            (self.norm in ("channel", "group"), f"norm must be 'channel' or 'group', got {self.norm!r}"),
-            (self.norm != "group" or all(c % self.norm_groups == 0 for c in self.channels),
-             f"every width in channels={self.channels} must be divisible by norm_groups={self.norm_groups}"),
-        ):
-            if not ok:
-                raise ConfigError(f"VAEConfig.{msg}")
-
-    @property
-    def spatial_factor(self) -> int:
-        return 2 ** (len(self.channels) - 1)
-
-    def heads(self, width: int) -> int:
-        return max(1, width // self.head_dim)
+from vidiff.models.vae_config import VAEConfig
 
 
 class DiagonalGaussian:
@@ -404,9 +345,14 @@ class VideoVAE(nn.Module):
         z = posterior.sample(generator) if sample else posterior.mean
         return (z - self.config.shift_factor) * self.config.scaling_factor
 
+    def unscale(self, z: Tensor) -> Tensor:
+        """Diffusion latents back to the decoder's units: the inverse of the scaling in
+        :meth:`to_latent`, ``z / scaling_factor + shift_factor`` (same shape)."""
+        return z / self.config.scaling_factor + self.config.shift_factor
+
     def from_latent(self, z: Tensor, chunk: Optional[int] = None, tile: Optional[int] = None) -> Tensor:
         """Inverse of :meth:`to_latent`, then :meth:`decode`: ``(B, Cz, t, h, w) -> (B, C, T, H, W)``."""
-        return self.decode(z / self.config.scaling_factor + self.config.shift_factor, chunk=chunk, tile=tile)
+        return self.decode(self.unscale(z), chunk=chunk, tile=tile)
 
     @torch.no_grad()
     def estimate_latent_scaling(self, batches: Iterable, max_batches: Optional[int] = None,

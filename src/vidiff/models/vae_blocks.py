@@ -3,22 +3,19 @@ residual blocks, per-frame attention, causal down/upsampling, and the encoder an
 
 Every temporal op is causal and carries its state across chunks in ``cache`` (a dict keyed by
 module; None runs the whole clip in one pass), which is what makes chunked coding exact.
-Configs are :class:`~vidiff.models.vae.VAEConfig`.
+Configs are :class:`~vidiff.models.vae_config.VAEConfig`.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from vidiff.models.layers import Attention
-
-if TYPE_CHECKING:
-    from vidiff.models.vae import VAEConfig
+from vidiff.models.layers import Attention, checkpoint_scoped
+from vidiff.models.vae_config import VAEConfig
 
 Cache = Optional[dict]   # module -> carried state; None = the whole clip in one pass
 
@@ -123,7 +120,7 @@ class ChannelRMSNorm(nn.Module):
         return torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
 
 
-def make_norm(channels: int, cfg: "VAEConfig") -> nn.Module:
+def make_norm(channels: int, cfg: VAEConfig) -> nn.Module:
     """The config's per-frame normalisation: "channel" (per pixel) or "group" (per frame)."""
     return ChannelRMSNorm(channels) if cfg.norm == "channel" else FrameGroupNorm(cfg.norm_groups, channels)
 
@@ -131,8 +128,9 @@ def make_norm(channels: int, cfg: "VAEConfig") -> nn.Module:
 class ResBlock(nn.Module):
     """Norm-SiLU-conv twice, plus a (1x1x1 when the width changes) skip:
     ``(B, C_in, T, H, W) -> (B, C_out, T, H, W)``."""
+    fsdp_unit = True   # the trainer's FSDP shards (all-gathers, frees) each block on its own
 
-    def __init__(self, c_in: int, c_out: int, mode: str, cfg: "VAEConfig"):
+    def __init__(self, c_in: int, c_out: int, mode: str, cfg: VAEConfig):
         super().__init__()
         self.norm1 = make_norm(c_in, cfg)
         self.conv1 = make_conv(c_in, c_out, mode)
@@ -148,18 +146,21 @@ class ResBlock(nn.Module):
 
 class FrameAttention(nn.Module):
     """Residual self-attention among the pixels of each frame (per frame, so causal):
-    ``(B, C, T, H, W) -> (B, C, T, H, W)``; the output projection starts at zero."""
+    ``(B, C, T, H, W) -> (B, C, T, H, W)``; the output projection starts at zero. The
+    attention's kind is ``"spatial"`` and its processors see the layout ``(B, T, H, W)``."""
+    fsdp_unit = True
 
-    def __init__(self, dim: int, cfg: "VAEConfig"):
+    def __init__(self, dim: int, cfg: VAEConfig):
         super().__init__()
         self.norm = make_norm(dim, cfg)
         heads = cfg.heads(dim)
-        self.attn = Attention(dim, heads, zero_init=True)
+        self.attn = Attention(dim, heads, zero_init=True, kind="spatial")
 
     def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
         B, C, T, H, W = x.shape
         tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(B * T, H * W, C)   # (B*T, H*W, C)
-        out = self.attn(tokens).view(B, T, H, W, C).permute(0, 4, 1, 2, 3)     # (B, C, T, H, W)
+        out = self.attn(tokens, layout=(B, T, H, W)).view(B, T, H, W, C)       # (B, T, H, W, C)
+        out = out.permute(0, 4, 1, 2, 3)                                       # (B, C, T, H, W)
         return x + out
 
 
@@ -224,7 +225,7 @@ class _Coder(nn.Module):
         h = self.conv_in(x, cache)
         for block in self.blocks:
             if self.grad_checkpoint and cache is None and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, use_reentrant=False)
+                h = checkpoint_scoped(block, h)
             else:
                 h = block(h, cache)
         return self.conv_out(F.silu(self.norm_out(h)), cache)

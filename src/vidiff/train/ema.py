@@ -44,6 +44,8 @@ class EMA:
             value = state[name].detach().float().clone()
             current = self.shadow[name]
             if hasattr(current, "device_mesh"):  # FSDP: keep this rank's shard of the full tensor
+                # Imported here for start-up time: torch.distributed.tensor adds about a second
+                # to every `vidiff` command, and only FSDP runs (which already loaded it) get here.
                 from torch.distributed.tensor import distribute_tensor
                 value = distribute_tensor(value.to(current.device), current.device_mesh, current.placements)
             self.shadow[name] = value

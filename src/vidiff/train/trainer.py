@@ -18,10 +18,14 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from vidiff.train.checkpoint import (
+from vidiff.checkpoint import (
     prune_checkpoints, read_trainer_state, read_weights, resolve_checkpoint, save_checkpoint,
 )
+from vidiff.data import BucketPlan
+from vidiff.data import collate as default_collate
 from vidiff.train.ema import EMA
 from vidiff.train.objective import SampleDraws
 
@@ -62,6 +66,29 @@ class Dist:
         return value
 
 
+def _distributed_state_dict():
+    """``torch.distributed.checkpoint.state_dict``, which gathers and scatters FSDP shards."""
+    # Imported here for start-up time: only FSDP runs need it.
+    import torch.distributed.checkpoint.state_dict as dcp
+    return dcp
+
+
+def shard_blocks(module: nn.Module) -> int:
+    """FSDP2-shard ``module`` (torch.distributed initialised): each sub-module marked
+    ``fsdp_unit = True`` (the residual and transformer blocks of UNet3D, VideoDiT and
+    VideoVAE) becomes its own unit, gathered just before it runs and freed after, then the
+    root takes every remaining parameter. Returns the number of units (marked blocks + 1).
+    """
+    # Imported here for start-up time (and builds without distributed support): only FSDP
+    # runs need it.
+    from torch.distributed.fsdp import fully_shard
+    blocks = [m for m in module.modules() if m is not module and getattr(m, "fsdp_unit", False)]
+    for block in reversed(blocks):  # innermost first: a unit owns what no inner unit holds
+        fully_shard(block)
+    fully_shard(module)
+    return len(blocks) + 1
+
+
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
     """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_ratio``."""
     if warmup > 0 and step < warmup:
@@ -95,7 +122,7 @@ class Trainer:
     def __init__(self, objective: nn.Module, dataset, train, checkpoint_config: dict,
                  save_extra=None, collate=None, progress: bool = True):
         if collate is None:
-            from vidiff.data import collate
+            collate = default_collate
         self.dist = Dist()
         self.cfg, self.dataset = train, dataset
         self.collate = collate
@@ -126,7 +153,6 @@ class Trainer:
         # A dataset with shape buckets is read one shape per global batch (see BucketPlan).
         self._buckets = None
         if getattr(dataset, "buckets", None):
-            from vidiff.data import BucketPlan
             self._buckets = BucketPlan(dataset, train.batch_size, train.seed)
 
     # ------------------------------------------------------------------ setup
@@ -148,11 +174,7 @@ class Trainer:
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.dist.world > 1 and self.cfg.fsdp:
-            from torch.distributed.fsdp import fully_shard
-            for child in module.modules():  # shard each large block, then the root
-                if child is not module and getattr(child, "fsdp_unit", False):
-                    fully_shard(child)
-            fully_shard(module)
+            shard_blocks(module)    # each block its own unit, then the root
             wrapped = module
         elif self.dist.world > 1:
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
@@ -183,11 +205,10 @@ class Trainer:
         raw = read_weights(path, ema=False)
         state = read_trainer_state(path)
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
-            options = StateDictOptions(full_state_dict=True, strict=False)
-            set_model_state_dict(self.objective, raw, options=options)
-            set_optimizer_state_dict(self.objective, self.optimizer, state["optimizer"], options=options)
+            dcp = _distributed_state_dict()
+            options = dcp.StateDictOptions(full_state_dict=True, strict=False)
+            dcp.set_model_state_dict(self.objective, raw, options=options)
+            dcp.set_optimizer_state_dict(self.objective, self.optimizer, state["optimizer"], options=options)
         else:
             self.objective.load_state_dict(raw, strict=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -226,7 +247,6 @@ class Trainer:
         A DataLoader with ``train.num_workers`` worker processes decodes ahead; the sampler
         it reads is derived from the step counter, so resuming needs no loader state.
         """
-        from torch.utils.data import DataLoader
 
         trainer, start = self, self.step
 
@@ -293,7 +313,6 @@ class Trainer:
         self._loader = self._batches()
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
             bar = tqdm(total=cfg.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
         started = time.perf_counter()
         try:
@@ -355,8 +374,8 @@ class Trainer:
     def model_state(self) -> dict:
         """Full (unsharded) trainable state on the CPU; under FSDP every rank must call it."""
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            state = get_model_state_dict(self.objective, options=StateDictOptions(
+            dcp = _distributed_state_dict()
+            state = dcp.get_model_state_dict(self.objective, options=dcp.StateDictOptions(
                 full_state_dict=True, cpu_offload=True))
         else:
             state = self.objective.state_dict()
@@ -365,8 +384,8 @@ class Trainer:
 
     def optimizer_state(self) -> dict:
         if self._sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-            return get_optimizer_state_dict(self.objective, self.optimizer, options=StateDictOptions(
+            dcp = _distributed_state_dict()
+            return dcp.get_optimizer_state_dict(self.objective, self.optimizer, options=dcp.StateDictOptions(
                 full_state_dict=True, cpu_offload=True))
         return self.optimizer.state_dict()
 
