@@ -1,11 +1,15 @@
-"""vidiff.video.Video: container round trips, tensor conversion, grids, bad input, atomic saves."""
+"""vidiff.video.Video: container round trips (paths, bytes, file objects), tensor conversion,
+grids, bad input, atomic saves."""
+import io
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
 
+import vidiff.checkpoint as checkpoint
 import vidiff.video as video_module
 from vidiff import Video
 
@@ -257,10 +261,8 @@ def test_save_refuses_to_replace_foreign_folders_and_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "keep"]
 
 
-@pytest.mark.parametrize("name", ["out.mp4", "out.webm", "out.gif", "out"])
-def test_failed_save_is_atomic(tmp_path, monkeypatch, name):
-    """The encoder dies on the third frame: nothing appears at the destination, no temporary
-    file or folder is left, and a previous file at the destination is untouched."""
+def die_on_third_frame(monkeypatch):
+    """From now on, the frame conversion (and so the encoder) raises on its third frame."""
     real, calls = video_module._to_av_frame, []
 
     def dies_midway(rgb):
@@ -270,14 +272,20 @@ def test_failed_save_is_atomic(tmp_path, monkeypatch, name):
         return real(rgb)
 
     monkeypatch.setattr(video_module, "_to_av_frame", dies_midway)
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.webm", "out.gif", "out"])
+def test_failed_save_is_atomic(tmp_path, monkeypatch, name):
+    """The encoder dies on the third frame: nothing appears at the destination, no temporary
+    file or folder is left, and a previous file at the destination is untouched."""
+    die_on_third_frame(monkeypatch)
     with pytest.raises(RuntimeError, match="encoder died"):
         clip().save(tmp_path / name)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(video_module, "_to_av_frame", real)
+    monkeypatch.undo()
     old = Video(clip().frames[:2], fps=5)
     old.save(tmp_path / name)
-    calls.clear()
-    monkeypatch.setattr(video_module, "_to_av_frame", dies_midway)
+    die_on_third_frame(monkeypatch)
     with pytest.raises(RuntimeError, match="encoder died"):
         clip().save(tmp_path / name)
     assert [p.name for p in tmp_path.iterdir()] == [name]
@@ -302,3 +310,144 @@ def test_failed_folder_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert failed and [p.name for p in tmp_path.iterdir()] == ["out"]
     assert Video.load(tmp_path / "out").num_frames == 2
+
+
+# ---------------------------------------------------------------- bytes and file objects
+class OneWayWriter:
+    """A write-only, non-seekable binary sink (a socket or an HTTP response body)."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def write(self, data):
+        self.chunks.append(bytes(data))
+        return len(data)
+
+
+class OneWayReader:
+    """A read-only binary source that cannot seek (a request body)."""
+
+    def __init__(self, data):
+        self._stream = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return self._stream.read(n)
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "gif"])
+def test_bytes_round_trip_matches_the_path_route(tmp_path, fmt):
+    """Odd size, so the mp4 pads and must crop back from its comment tag in bytes too."""
+    video = clip(H=33, W=47)
+    data = video.to_bytes(fmt)
+    path = video.save(tmp_path / f"x.{fmt}")
+    if fmt != "webm":  # the webm muxer stamps a random segment id, so its bytes differ run to run
+        assert data == path.read_bytes()
+    from_path, from_bytes = Video.load(path), Video.load(data)
+    assert from_bytes.frames.shape == (9, 33, 47, 3)
+    assert np.array_equal(from_bytes.frames, from_path.frames) and from_bytes.fps == from_path.fps
+    assert mae(from_bytes, video) <= BOUND[f".{fmt}"]
+    assert np.array_equal(Video.load(bytearray(data)).frames, from_path.frames)
+    assert np.array_equal(Video.load(memoryview(data)).frames, from_path.frames)
+
+
+def test_mp4_bytes_put_the_index_first():
+    """faststart: the moov box (the index) comes before the mdat box (the frames), so a browser
+    can start playing a streamed mp4 before the download ends."""
+    data = clip().to_bytes("mp4")
+    assert data[4:8] == b"ftyp" and 0 < data.find(b"moov") < data.find(b"mdat")
+
+
+def test_save_to_file_objects_and_load_from_them(tmp_path):
+    video = clip(T=4, H=33, W=47)
+    expected = Video.load(video.to_bytes("gif")).frames
+    buffer = io.BytesIO()
+    assert video.save(buffer, format="gif") is buffer
+    sink = OneWayWriter()
+    video.save(sink, format="GIF")
+    assert b"".join(sink.chunks) == buffer.getvalue()
+    with open(tmp_path / "x.gif", "wb") as f:
+        video.save(f, format="gif")
+    with open(tmp_path / "x.gif", "rb") as f:
+        assert np.array_equal(Video.load(f).frames, expected)
+    buffer.seek(0)
+    assert np.array_equal(Video.load(buffer, max_frames=2).frames, expected[:2])
+    # an mp4 read from a source that cannot seek (read into memory first)
+    mp4 = video.to_bytes("mp4")
+    assert np.array_equal(Video.load(OneWayReader(mp4)).frames, Video.load(mp4).frames)
+
+
+def test_file_object_and_format_errors_come_before_any_encoding(tmp_path, monkeypatch):
+    def no_encoding(rgb):
+        raise AssertionError("encoding started before the arguments were checked")
+
+    monkeypatch.setattr(video_module, "_to_av_frame", no_encoding)
+    video, buffer = clip(T=2), io.BytesIO()
+    with pytest.raises(ValueError, match=r"file object needs format= one of 'mp4', 'webm', 'gif', got None"):
+        video.save(buffer)
+    with pytest.raises(ValueError, match=r"got 'avi'"):
+        video.save(buffer, format="avi")
+    with pytest.raises(ValueError, match=r"got 'png' \(a folder of PNG frames needs a path\)"):
+        video.save(buffer, format="png")
+    with pytest.raises(ValueError, match=r"Video.to_bytes needs format=.*got 'mkv'"):
+        video.to_bytes("mkv")
+    with pytest.raises(ValueError, match="cannot save to a StringIO: expected a path .* writable binary"):
+        video.save(io.StringIO(), format="mp4")
+    with open(tmp_path / "read_only", "wb"):
+        pass
+    with open(tmp_path / "read_only", "rb") as f, pytest.raises(ValueError, match="writable binary"):
+        video.save(f, format="mp4")
+    with pytest.raises(ValueError, match=r"format='gif' does not match '.*x\.mp4'"):
+        video.save(tmp_path / "x.mp4", format="gif")
+    with pytest.raises(ValueError, match=r"format='mp4' does not match '.*frames'"):
+        video.save(tmp_path / "frames", format="mp4")
+    assert buffer.getvalue() == b"" and list(tmp_path.iterdir()) == [tmp_path / "read_only"]
+    monkeypatch.undo()
+    assert Video.load(video.save(tmp_path / "x.mp4", format="MP4")).num_frames == 2
+
+
+def test_failed_encoding_writes_nothing_to_a_file_object(monkeypatch):
+    die_on_third_frame(monkeypatch)
+    sink = OneWayWriter()
+    with pytest.raises(RuntimeError, match="encoder died"):
+        clip().save(sink, format="mp4")
+    assert sink.chunks == []
+
+
+@pytest.mark.parametrize("source,name", [
+    (b"\x00not a video\xff" * 100, r"<1300 bytes>"),
+    (b"", r"<0 bytes>"),
+    (io.BytesIO(b"\x00not a video\xff" * 10), r"a BytesIO"),
+    (OneWayReader(b"garbage" * 10), r"a OneWayReader"),
+])
+def test_garbage_bytes_and_file_objects_are_one_value_error(source, name):
+    with pytest.raises(ValueError, match=rf"cannot read {name} as video .*accepted: a video file "
+                                         r"FFmpeg decodes .* bytes or a readable binary file object"):
+        Video.load(source)
+
+
+def test_load_refuses_what_is_not_a_source(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot load a int: expected a video file .*bytes"):
+        Video.load(12)
+    with pytest.raises(ValueError, match="cannot load a StringIO"):
+        Video.load(io.StringIO("not bytes"))
+    with open(tmp_path / "w", "wb") as f, pytest.raises(ValueError, match="cannot load a BufferedWriter"):
+        Video.load(f)
+    (tmp_path / "garbage.gif").write_bytes(b"GIF89a" + b"\x00" * 40)
+    with open(tmp_path / "garbage.gif", "rb") as f, pytest.raises(ValueError, match=r"file object '.*garbage\.gif'"):
+        Video.load(f)
+
+
+def test_saves_use_the_shared_atomic_writer(tmp_path, monkeypatch):
+    """Files and frame folders go through vidiff.checkpoint's writers (one copy of the
+    temporary-name-then-rename logic): each asks it for a temporary name beside the target."""
+    asked = []
+
+    def recording(path):
+        asked.append(Path(path))
+        return real(path)
+
+    real = checkpoint.temporary_sibling
+    monkeypatch.setattr(checkpoint, "temporary_sibling", recording)
+    clip(T=2).save(tmp_path / "x.gif")
+    clip(T=2).save(tmp_path / "frames")
+    assert asked == [tmp_path / "x.gif", tmp_path / "frames"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from vidiff.video import Video
+from vidiff.video import DEFAULT_FPS, Video
 
 logger = logging.getLogger("vidiff.data")
 
@@ -78,7 +78,7 @@ class SyntheticDataset(Dataset):
     min_frames = 1
 
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0,
-                 length: Optional[int] = None, buckets=None, fps: float = 8.0):
+                 length: Optional[int] = None, buckets=None, fps: float = DEFAULT_FPS):
         if frames < self.min_frames:
             raise DatasetError(f"{type(self).__name__} needs frames >= {self.min_frames}, got {frames}")
         if size < 4:

@@ -12,6 +12,12 @@ from typing import Optional, Union
 
 from vidiff.config import ConfigError, from_dict
 from vidiff.data.common import DatasetError
+from vidiff.data.digits import MovingDigits
+from vidiff.data.folder import VideoFolder
+from vidiff.data.latents import LatentCache, is_latent_cache
+from vidiff.data.photopan import PhotoPan
+from vidiff.data.shapes import DEMO_HELD_OUT, MovingShapes, check_triple
+from vidiff.video import DEFAULT_FPS
 
 BUILTIN = ("shapes", "digits", "photopan")
 
@@ -91,8 +97,6 @@ class DataConfig:
         self.held_out = self._held_out_triples()
 
     def _held_out_triples(self) -> list[list[str]]:
-        from vidiff.data.shapes import DEMO_HELD_OUT, check_triple
-
         value = self.held_out
         if isinstance(value, str):
             if value.strip().lower() == "demo":
@@ -145,7 +149,6 @@ def build_dataset(config: Union[DataConfig, dict, str]):
                           f"({', '.join(BUILTIN)}) nor an existing path to a folder of videos")
     _check_applicable(config)
     if kind == "folder":
-        from vidiff.data.latents import LatentCache, is_latent_cache
         if is_latent_cache(Path(config.name).expanduser()):
             try:
                 cache = LatentCache(Path(config.name).expanduser())
@@ -160,18 +163,14 @@ def build_dataset(config: Union[DataConfig, dict, str]):
             return cache
     common = dict(frames=config.frames, size=config.size, seed=config.seed, length=config.length,
                   buckets=config.buckets)
-    synthetic_fps = config.fps if config.fps is not None else 8.0
+    synthetic_fps = config.fps if config.fps is not None else DEFAULT_FPS
     try:
         if kind == "shapes":
-            from vidiff.data.shapes import MovingShapes
             return MovingShapes(**common, held_out=config.held_out, fps=synthetic_fps)
         if kind == "digits":
-            from vidiff.data.digits import MovingDigits
             return MovingDigits(**common, max_digits=config.max_digits, fps=synthetic_fps)
         if kind == "photopan":
-            from vidiff.data.photopan import PhotoPan
             return PhotoPan(**common, photos=config.photos, fps=synthetic_fps)
-        from vidiff.data.folder import VideoFolder
         return VideoFolder(config.name, **common, stride=config.stride, fps=config.fps,
                            captions=config.captions, crop=config.crop)
     except DatasetError as e:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vidiff.data.common import DatasetError, SyntheticDataset, reflect
+from vidiff.video import DEFAULT_FPS
 
 SCALE = 0.4                # glyph side as a fraction of the frame's shorter side
 SPEED = (0.03, 0.08)       # pixels per frame, as a fraction of the frame's shorter side
@@ -28,10 +29,10 @@ NAMES = "0123456789"
 @functools.lru_cache(maxsize=1)
 def load_glyphs() -> tuple[np.ndarray, np.ndarray]:
     """``(float32 (1797, 8, 8) in [0, 1], int labels (1797,))`` from scikit-learn."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
-        raise DatasetError("MovingDigits needs scikit-learn (pip install scikit-learn)") from e
+    # Imported here for start-up time: sklearn.datasets adds about a second to every
+    # `vidiff` command (all of which import vidiff.data), and only MovingDigits needs it.
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
 
@@ -56,7 +57,7 @@ class MovingDigits(SyntheticDataset):
     """
 
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0, length: Optional[int] = None,
-                 max_digits: int = 2, buckets=None, fps: float = 8.0):
+                 max_digits: int = 2, buckets=None, fps: float = DEFAULT_FPS):
         super().__init__(frames, size, seed, length, buckets, fps)
         if not 1 <= max_digits <= 4:
             raise DatasetError(f"max_digits must be between 1 and 4, got {max_digits}")

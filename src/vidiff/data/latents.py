@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, save
+from tqdm.auto import tqdm
 
+from vidiff.checkpoint import write_file_atomic, write_json_atomic
 from vidiff.data.common import DatasetError, vocabulary_captions
-from vidiff.train.checkpoint import write_file_atomic, write_json_atomic
+from vidiff.data.loader import collate
+from vidiff.text.tokenizer import WordTokenizer
+from vidiff.video import DEFAULT_FPS
 
 FORMAT = "vidiff-latent-cache"
 INDEX = "index.json"
@@ -63,9 +67,6 @@ def cache_latents(vae, fingerprint: str, dataset, out, count: Optional[int] = No
             the built-in encoder's token ids (vocabulary built from the cached captions).
         source: the data config the clips came from, recorded in the index.
     """
-    from vidiff.data import collate
-    from vidiff.text.tokenizer import WordTokenizer
-
     if count is None:
         if getattr(dataset, "infinite", False):
             raise ValueError("this dataset is endless: give the number of clips to cache (--count)")
@@ -85,7 +86,6 @@ def cache_latents(vae, fingerprint: str, dataset, out, count: Optional[int] = No
     shards, latent_shape = [], None
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=count, desc="caching", unit="clip")
     for k, start in enumerate(range(0, count, shard_size)):
         stop = min(start + shard_size, count)
@@ -123,7 +123,7 @@ def cache_latents(vae, fingerprint: str, dataset, out, count: Optional[int] = No
     index = {"format": FORMAT, "vae": fingerprint, "count": count, "latent_shape": latent_shape,
              "text": "token_ids" if text_encoder is None else {
                  "kind": text_encoder.config.kind, "dim": text_encoder.dim},
-             "vocabulary": vocabulary, "source": source or {}, "fps": float(getattr(dataset, "fps", 8.0)), "shards": shards}
+             "vocabulary": vocabulary, "source": source or {}, "fps": float(getattr(dataset, "fps", DEFAULT_FPS)), "shards": shards}
     write_json_atomic(out / INDEX, index)
     return out
 
@@ -145,7 +145,6 @@ def _reusable(path: Path, fingerprint: str, start: int, stop: int) -> Optional[d
 
 
 def _metadata(path: Path) -> dict:
-    from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 
@@ -188,7 +187,7 @@ class LatentCache(torch.utils.data.Dataset):
             if meta.get("vae") != self.fingerprint:
                 raise DatasetError(f"latent cache shard {shard['file']!r} was made by another "
                                    f"autoencoder ({meta.get('vae')}, the cache's is {self.fingerprint})")
-        self.fps = float(self.index.get("fps", 8.0))
+        self.fps = float(self.index.get("fps", DEFAULT_FPS))
         self.cached_text = True      # False: items carry captions only (another text encoder)
         self._loaded: tuple = (None, None)
 

@@ -22,13 +22,16 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
+import skimage.data
 import torch
 import torch.nn.functional as F
 
 from vidiff.data.common import DatasetError, SyntheticDataset, geometric
+from vidiff.video import DEFAULT_FPS
 
 logger = logging.getLogger("vidiff.data")
 
@@ -67,11 +70,6 @@ def load_photo(name: str) -> np.ndarray:
     """``uint8 (H, W, 3)`` photograph ``name`` from ``skimage.data`` (grey ones as RGB)."""
     if name not in PHOTOS:
         raise DatasetError(f"unknown photo {name!r}; accepted: {list(PHOTOS)}")
-    try:
-        import skimage.data
-    except ImportError as e:  # pragma: no cover - scikit-image is a dependency
-        raise DatasetError("PhotoPan needs scikit-image (pip install scikit-image)") from e
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = np.asarray(getattr(skimage.data, name)())
@@ -138,7 +136,7 @@ class PhotoPan(SyntheticDataset):
     """
 
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0, length: Optional[int] = None,
-                 photos: Sequence[str] = (), buckets=None, fps: float = 8.0):
+                 photos: Sequence[str] = (), buckets=None, fps: float = DEFAULT_FPS):
         super().__init__(frames, size, seed, length, buckets, fps)
         available = available_photos()
         if not available:

@@ -25,8 +25,10 @@ import itertools
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
+import torch
 
 from vidiff.data.common import DatasetError, SyntheticDataset
+from vidiff.video import DEFAULT_FPS
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
@@ -180,7 +182,7 @@ class MovingShapes(SyntheticDataset):
     COLORS, SHAPES, DIRECTIONS = COLORS, SHAPES, DIRECTIONS
 
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0, length: Optional[int] = None,
-                 held_out: Iterable[Sequence[str]] = (), buckets=None, fps: float = 8.0):
+                 held_out: Iterable[Sequence[str]] = (), buckets=None, fps: float = DEFAULT_FPS):
         super().__init__(frames, size, seed, length, buckets, fps)
         self.held_out = []
         for k, triple in enumerate(held_out or ()):
@@ -196,8 +198,6 @@ class MovingShapes(SyntheticDataset):
     geometry = staticmethod(geometry)
 
     def _make(self, rng: np.random.Generator, frames: int, height: int, width: int) -> dict:
-        import torch
-
         color, shape, direction = self.triples[int(rng.integers(len(self.triples)))]
         g = geometry(direction, frames, (height, width))
         start = (float(rng.uniform(*g["x"])), float(rng.uniform(*g["y"])))

@@ -12,11 +12,15 @@ import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
+import av
 import numpy as np
+from PIL import Image
+
+# IMAGE_EXTENSIONS: the frame files of a folder; DEFAULT_FPS: for a frame folder without
+# fps.txt, or a stream that declares no rate
+from vidiff.video import DEFAULT_FPS, IMAGE_EXTENSIONS
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-DEFAULT_FPS = 8.0  # for a frame folder without fps.txt, or a stream that declares no rate
 
 
 class ProbeError(Exception):
@@ -49,8 +53,6 @@ def probe(path: Path, key: str) -> ClipInfo:
 
 
 def _probe_folder(path: Path, key: str) -> ClipInfo:
-    from PIL import Image
-
     files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise ProbeError("folder holds no image frames")
@@ -73,8 +75,6 @@ def _probe_folder(path: Path, key: str) -> ClipInfo:
 
 
 def _probe_file(path: Path, key: str) -> ClipInfo:
-    import av
-
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -118,8 +118,6 @@ def read_frames(info: ClipInfo, indices: Sequence[int]) -> np.ndarray:
 
 
 def _read_image(file: str) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(file) as im:
             return np.asarray(im.convert("RGB"))
@@ -128,8 +126,6 @@ def _read_image(file: str) -> np.ndarray:
 
 
 def _decode(info: ClipInfo, wanted: list[int]) -> dict[int, np.ndarray]:
-    import av
-
     first, last = wanted[0], wanted[-1]
     want = set(wanted)
     try:
