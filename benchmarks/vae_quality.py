@@ -49,14 +49,15 @@ def seconds_per_step(run, steps: int = 12, warmup: int = 3) -> float:
 
 
 def train_and_measure(name: str, args) -> dict:
-    from vidiff.train.checkpoint import read_config, resolve_checkpoint
+    from vidiff.checkpoint import read_config, resolve_checkpoint
     from vidiff.train.config import load_run_config
-    from vidiff.train.run import build_trainer, plot_loss, write_samples
+    from vidiff.pipelines.samples import write_samples
+    from vidiff.train.run import build_trainer, plot_loss
 
     out = Path(args.out) / name
     data = [f"data.name={name}", f"data.frames={args.frames}", f"data.size={args.frame_size}"]
     run = load_run_config(None, [
-        f"model.size={args.size}", *data, f"train.out_dir={out}", f"train.steps={args.max_steps}",
+        "kind=autoencoder", f"model.size={args.size}", *data, f"train.out_dir={out}", f"train.steps={args.max_steps}",
         f"train.batch_size={args.batch_size}", f"train.lr={args.lr}", "train.warmup_steps=100",
         f"train.max_minutes={args.minutes}", "train.ema_decay=0.999", "train.checkpoint_every=1000",
         "train.log_every=50", f"autoencoder.reconstruction={args.loss}", "autoencoder.kl_weight=1e-6",
@@ -86,7 +87,8 @@ def score(out: Path, name: str, args) -> dict:
     """Mean PSNR/SSIM of ``--clips`` held-out clips (data seed 10000) of each length in
     ``--eval-frames``, reconstructed by the EMA weights in ``out``, chunked."""
     from vidiff.data import build_dataset
-    from vidiff.pipelines.autoencoder import load_autoencoder, reconstruct
+    from vidiff.compose import load_autoencoder
+    from vidiff.pipelines.autoencoder import reconstruct
     from vidiff.video import Video
 
     vae = load_autoencoder(out)

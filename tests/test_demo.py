@@ -53,7 +53,7 @@ def test_patch_stem_keeps_output_size_and_residual_shapes():
 
 
 def test_tiny_demo_run(tmp_path, capsys):
-    from vidiff.train.demo import run_demo
+    from vidiff.apps.demo import run_demo
     report = run_demo(str(tmp_path / "demo"), ["model.size=unet-tiny", "train.steps=3", "data.frames=4",
                                                "sample.steps=2", "text.dim=32", "text.depth=1"],
                       samples=1, progress=False)

@@ -72,7 +72,7 @@ def tiny_model(tmp_path_factory):
             "data": {"name": "shapes", "frames": 4, "size": 16, "held_out": "demo"},
             "text": {"dim": 16, "depth": 1, "heads": 2},
             "train": {"steps": 1, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1}}
-    train(load_run_config(None, [f"train.out_dir={out}"], base=base), progress=False, samples=False)
+    train(load_run_config(None, [f"train.out_dir={out}"], base=base), progress=False)
     return out
 
 

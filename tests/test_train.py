@@ -9,9 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 import vidiff
+from vidiff.cli import main
 from vidiff.config import ConfigError
-from vidiff.train.checkpoint import CheckpointError, resolve_checkpoint
+from vidiff.checkpoint import CheckpointError, resolve_checkpoint
 from vidiff.train.config import load_run_config
+from vidiff.models.layers import attention_processors, sdpa_processor
+from vidiff.pipelines.samples import write_samples
+from vidiff.pipelines.video import SEED_TOLERANCE
 from vidiff.train.run import build_trainer, train
 
 TINY = {
@@ -34,7 +38,7 @@ def weights(path, ema=False):
 
 def test_train_save_reload_generate(tmp_path):
     run = tiny_config(tmp_path / "run", "train.sample_every=4")
-    trainer = train(run, progress=False)
+    trainer = train(run, progress=False, sample_writer=write_samples)
     assert trainer.step == 6
     # periodic samples at step 4 (its own checkpoint, pruned later) and final ones at step 6
     assert sorted(p.name for p in (tmp_path / "run" / "samples").glob("*.mp4")) == [
@@ -53,10 +57,34 @@ def test_train_save_reload_generate(tmp_path):
     assert video.frames.shape == (4, 16, 16, 3)
     again = pipe.generate(["a red circle moving right", "a blue square moving up"], steps=3, seed=1,
                           samples=2)
-    assert len(again) == 4 and np.array_equal(again[0].frames, video.frames)  # sample k uses seed + k
-    assert not np.array_equal(again[0].frames, again[1].frames)
+    assert len(again) == 4 and not np.array_equal(again[0].frames, again[1].frames)
+    # The seed promise (vidiff.pipelines.video): sample k of a prompt uses seed + k whatever else is
+    # in the batch, equal to SEED_TOLERANCE before the 8-bit rounding (one level after it).
+    assert np.abs(again[0].frames.astype(int) - video.frames.astype(int)).max() <= 1
+    prompts = ["a red circle moving right", "a blue square moving up", "a green triangle moving left"]
+    for sampler, options in (("dpmpp_2m", {}), ("ddpm", {}), ("ddim", {"eta": 0.7})):
+        shape = pipe.clip_shape()
+        alone = pipe.sample(pipe.encode(prompts[1:2]), shape, seeds=[5], steps=3, sampler=sampler, **options)
+        batch = pipe.sample(pipe.encode(prompts), shape, seeds=[3, 5, 9], steps=3, sampler=sampler, **options)
+        assert (alone[0] - batch[1]).abs().max() <= SEED_TOLERANCE, sampler
+        assert (batch[0] - batch[1]).abs().max() > 100 * SEED_TOLERANCE      # other seeds: other samples
     video.save(tmp_path / "out.mp4")
     assert vidiff.Video.load(tmp_path / "out.mp4").num_frames == 4
+    # The sampling core tells attention processors the step (heun: 2 calls per step but the last)
+    seen = []
+
+    def record(attn, q, k, v, mask, call):
+        seen.append(call.step)
+        return sdpa_processor(attn, q, k, v, mask, call)
+    with attention_processors(pipe.network, lambda name, module: record):
+        pipe.generate("a red circle moving right", steps=3, seed=1, sampler="heun")
+    assert sorted(set(seen)) == [0, 1, 2] and seen[0] == 0 and seen[-1] == 2
+    # A negative prompt that tokenises to another length than the prompt (crashed in Conditioning.cat)
+    assert main(["generate", "--model", str(tmp_path / "run"), "--prompt", "a blue square moving up",
+                 "--negative-prompt", "a red square", "--steps", "2", "--out", str(tmp_path / "neg.mp4")]) == 0
+    plain = pipe.generate("a blue square moving up", steps=2, seed=0)
+    steered = pipe.generate("a blue square moving up", negative_prompt="a red square", steps=2, seed=0)
+    assert not np.array_equal(plain.frames, steered.frames)
 
 
 @pytest.mark.parametrize("buckets", [None, "[[4,16,16],[2,8,8]]"])
@@ -129,8 +157,15 @@ def test_fsdp_trains_and_resumes(tmp_path):
 def test_bad_config_and_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stepz'\]"):
         tiny_config(tmp_path, "train.stepz=3")
-    with pytest.raises(ConfigError, match="unknown model size 'unet-huge'"):
+    with pytest.raises(ConfigError, match="'unet-huge' is an unknown model size"):
         build_trainer(tiny_config(tmp_path / "x", "model.size=unet-huge"), progress=False)
+    # the run kind is stated, never guessed from the size's name
+    with pytest.raises(ConfigError, match="'vae-tiny' is an autoencoder size, not a denoiser one: set kind: autoencoder"):
+        tiny_config(tmp_path / "x", "model.size=vae-tiny")
+    with pytest.raises(ConfigError, match="'unet-tiny' is a denoiser size, not an autoencoder one"):
+        tiny_config(tmp_path / "x", "kind=autoencoder")
+    with pytest.raises(ConfigError, match="kind: 'vae' is not a run kind"):
+        tiny_config(tmp_path / "x", "kind=vae")
     with pytest.raises(ValueError, match="batch_size 3 must be divisible"):
         build_trainer(tiny_config(tmp_path / "x", "train.batch_size=3", "train.grad_accum=2"), progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):

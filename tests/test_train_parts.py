@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from vidiff.train.checkpoint import (
+from vidiff.checkpoint import (
     CheckpointError, prune_checkpoints, read_config, read_weights, resolve_checkpoint, save_checkpoint,
 )
 from vidiff.train.ema import EMA
@@ -63,8 +63,11 @@ def test_checkpoint_round_trip_and_atomicity(tmp_path):
     assert read_config(path, kind="denoiser")["x"] == 1
     assert torch.equal(read_weights(path)["w"], state["w"] * 2)          # EMA preferred
     assert torch.equal(read_weights(path, ema=False)["w"], state["w"])
-    with pytest.raises(CheckpointError, match="holds a 'denoiser' model, expected a 'vae'"):
+    with pytest.raises(CheckpointError, match="holds a model of kind 'denoiser', not the 'vae'"):
         read_config(path, kind="vae")
+    # a damaged config.json is named, not a KeyError deep in a loader
+    with pytest.raises(CheckpointError, match=r"lacks \['run'\]: it was not written by vidiff, or is damaged"):
+        read_config(path, kind="denoiser", required=("x", "run"))
 
     def crash(tmp):
         raise RuntimeError("disk full")

@@ -167,8 +167,12 @@ def load_file(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.suffix.lower() not in (".yaml", ".yml", ".json"):
         raise ConfigError(f"config file {str(path)!r}: expected .yaml, .yml or .json")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    text, is_json = path.read_text(), path.suffix.lower() == ".json"
+    try:
+        data = json.loads(text) if is_json else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:   # a YAMLError is no ValueError
+        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if is_json else 'YAML'}: "
+                          f"{' '.join(str(e).split())[:200]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

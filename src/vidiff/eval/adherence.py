@@ -9,12 +9,18 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, Sequence
 
+from tqdm.auto import tqdm
+
+from vidiff.compose.config import SampleConfig
 from vidiff.data.shapes import all_triples, caption
 from vidiff.eval.shapes import score
 
+DEFAULTS = SampleConfig()   # the sampling defaults, from their one source
+
 
 def shapes_adherence(pipe, held_out: Sequence[tuple[str, str, str]] = (), samples: int = 4,
-                     steps: int = 20, sampler: str = "dpmpp_2m", guidance: float = 5.0,
+                     steps: int = DEFAULTS.steps, sampler: str = DEFAULTS.sampler,
+                     guidance: float = DEFAULTS.guidance,
                      seed: int = 0, batch: int = 64, progress: bool = True,
                      on_videos: Optional[Callable[[str, list], None]] = None) -> dict:
     """Score ``pipe`` on ``samples`` clips of every MovingShapes triple.
@@ -31,7 +37,6 @@ def shapes_adherence(pipe, held_out: Sequence[tuple[str, str, str]] = (), sample
                            "guidance": guidance, "seed": seed}}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=sum(len(g) for g in groups.values()) * samples, desc="evaluating", unit="clip")
     start, clips, generated = time.perf_counter(), 0, {}
     for name, triples in groups.items():

@@ -17,6 +17,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from vidiff.data.folder import CAPTION_FILES, read_captions
+from vidiff.eval.features import iter_clips, list_clips
+from vidiff.text.hf import import_transformers
+
 
 class ClipScorer:
     """A frozen CLIP model, tokenizer and image processor from ``path``.
@@ -25,8 +29,6 @@ class ClipScorer:
     """
 
     def __init__(self, path, device: str = "cpu"):
-        from vidiff.text.hf import import_transformers
-
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"CLIP directory {str(path)!r} has no config.json; expected a folder "
@@ -76,8 +78,6 @@ def prompts_for(source: str, names: Sequence[str], prompt: Optional[str] = None,
                 prompts_file: Optional[str] = None) -> list[str]:
     """One prompt per clip: ``prompt`` for all, the lines of ``prompts_file`` in clip order, or
     the folder's ``captions.jsonl``/``captions.csv`` (matched by relative path)."""
-    from vidiff.data.folder import CAPTION_FILES, read_captions
-
     if prompt is not None and prompts_file is not None:
         raise ValueError("give --prompt or --prompts, not both")
     if prompt is not None:
@@ -111,8 +111,6 @@ def clip_report(source: str, clip_dir: str, prompt: Optional[str] = None, prompt
                 device: str = "cpu") -> dict:
     """``{"clips": [{"name", "prompt", "similarity", "clip_score", "per_frame"}], "mean": {...}}``
     for every clip in the folder ``source``."""
-    from vidiff.eval.features import iter_clips, list_clips
-
     names = [str(p) for p in list_clips(source)]
     texts = prompts_for(source, names, prompt, prompts_file)
     scorer = ClipScorer(clip_dir, device=device)

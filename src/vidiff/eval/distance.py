@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from vidiff.data import BUILTIN
 from vidiff.eval.features import extract_features, iter_clips, load_extractor
 from vidiff.eval.frechet import frechet_from_features, min_clips_for_fd, polynomial_mmd
 
@@ -51,7 +52,6 @@ def video_distance(real: str, fake: str, features: str = "vidiff-shapes", clips:
     if clips < 2:
         raise ValueError(f"the clip count must be >= 2, got {clips}")
     extractor = load_extractor(features, frames=frames, device=device)
-    from vidiff.data import BUILTIN
     size = dataset_size or (_peek_height(fake, frames) if real in BUILTIN else 0)
     real_features = extract_features(extractor, iter_clips(real, clips, frames, size, seed), batch)
     dim = real_features.shape[1]

@@ -29,6 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vidiff.data import BUILTIN, build_dataset
+from vidiff.data.folder import find_clips
+from vidiff.data.videoio import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from vidiff.eval.shapes_features import INPUT_SIZE, load_shapes_features
+from vidiff.video import Video
+
 I3D_KEYWORDS = ("rescale", "resize", "return_features")
 I3D_SIZE = 224
 DEFAULT_FRAMES = 16
@@ -108,7 +114,6 @@ def load_extractor(spec: str, frames: int = DEFAULT_FRAMES, size: Optional[int] 
     if frames < 2:
         raise ValueError(f"the clip length must be >= 2 frames, got {frames}")
     if spec == "vidiff-shapes":
-        from vidiff.eval.shapes_features import INPUT_SIZE, load_shapes_features
         return FeatureExtractor(load_shapes_features().to(device), spec, frames, size or INPUT_SIZE,
                                 device=device)
     path = Path(spec).expanduser()
@@ -129,9 +134,6 @@ def load_extractor(spec: str, frames: int = DEFAULT_FRAMES, size: Optional[int] 
 
 # ----------------------------------------------------------------------------- clips
 def _dataset_clips(name: str, count: int, frames: int, size: int, seed: int) -> Iterator[tuple[str, np.ndarray]]:
-    from vidiff.data import build_dataset
-    from vidiff.video import Video
-
     dataset = build_dataset({"name": name, "frames": frames, "size": size, "seed": seed, "length": count})
     for i in range(count):
         yield f"{name}[{i}]", Video.from_tensor(dataset[i]["video"]).frames
@@ -139,9 +141,6 @@ def _dataset_clips(name: str, count: int, frames: int, size: int, seed: int) -> 
 
 def list_clips(folder: str) -> list[Path]:
     """Video files and frame folders below ``folder`` (sorted), or a clear error."""
-    from vidiff.data.folder import find_clips
-    from vidiff.data.videoio import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{folder!r} is not a folder of videos (nor a built-in dataset: "
@@ -162,9 +161,6 @@ def iter_clips(source: str, count: Optional[int] = None, frames: Optional[int] =
     and is cut to its first ``frames``. All clips must share one frame size; a folder with
     fewer than ``count`` clips, a clip too short or of another size raise ``ValueError``.
     """
-    from vidiff.data import BUILTIN
-    from vidiff.video import Video
-
     if source in BUILTIN:
         if count is None or frames is None:
             raise ValueError(f"dataset {source!r} needs a clip count and a clip length")

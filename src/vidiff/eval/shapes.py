@@ -29,6 +29,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from vidiff.data.shapes import COLORS, DIRECTIONS, SHAPES
 
@@ -77,8 +78,6 @@ def to_frames(video) -> np.ndarray:
 
 
 def _largest_region(mask: np.ndarray) -> Optional[np.ndarray]:
-    from scipy import ndimage
-
     labels, n = ndimage.label(mask)
     if n == 0:
         return None

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
-from vidiff.data.shapes import COLORS, DIRECTIONS, SHAPES
-from vidiff.train.checkpoint import write_file_atomic
+from vidiff.checkpoint import write_file_atomic
+from vidiff.data.shapes import COLORS, DIRECTIONS, SHAPES, MovingShapes
 
 INPUT_SIZE = 32        # frame side the network sees
 FEATURE_DIM = 64
@@ -59,8 +61,6 @@ class ShapesFeatureNet(nn.Module):
 
 def load_shapes_features(path: Optional[os.PathLike] = None) -> ShapesFeatureNet:
     """The trained network (eval mode) from ``path`` (default: the shipped weights)."""
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"vidiff-shapes weights {str(path)!r} are missing; train them with "
@@ -94,9 +94,6 @@ def train_shapes_features(out: os.PathLike, steps: int = 400, batch: int = 32, l
     Returns ``{"steps", "seconds", "accuracy": {...}}``, accuracy measured on ``check`` clips
     of another seed. The file is written atomically (temporary name, then rename).
     """
-    from safetensors.torch import save_file
-    from vidiff.data import MovingShapes
-
     if steps < 1 or batch < 1 or threads < 1:
         raise ValueError(f"steps, batch and threads must be >= 1, got {steps}, {batch}, {threads}")
     out = Path(out)
@@ -114,7 +111,6 @@ def train_shapes_features(out: os.PathLike, steps: int = 400, batch: int = 32, l
         loss_fn = nn.CrossEntropyLoss()
         start, bar = time.perf_counter(), None
         if progress:
-            from tqdm.auto import tqdm
             bar = tqdm(total=steps, desc="training vidiff-shapes", unit="step")
         for step in range(steps):
             video, labels = _batch(data, step * batch, batch)

@@ -11,15 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from vidiff.eval.adherence import shapes_adherence
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from vidiff.checkpoint import write_file_atomic
+from vidiff.diffusion import SAMPLERS
+from vidiff.eval.adherence import DEFAULTS, shapes_adherence
 from vidiff.eval.temporal import clip_metrics, summarize
-from vidiff.train.checkpoint import write_file_atomic
 
 
 def check_grid(steps: Sequence[int], samplers: Sequence[str]) -> None:
     """Raise ``ValueError`` for an empty grid, a step count < 1 or an unknown sampler."""
-    from vidiff.diffusion import SAMPLERS
-
     if not steps or not samplers:
         raise ValueError("the study needs at least one step count and one sampler")
     for s in steps:
@@ -31,7 +33,7 @@ def check_grid(steps: Sequence[int], samplers: Sequence[str]) -> None:
 
 
 def steps_study(pipe, steps: Sequence[int], samplers: Sequence[str], held_out=(), samples: int = 1,
-                guidance: float = 5.0, seed: int = 0, progress: bool = True) -> dict:
+                guidance: float = DEFAULTS.guidance, seed: int = 0, progress: bool = True) -> dict:
     """Adherence, held-out adherence, temporal metrics and seconds per clip for each
     ``sampler x steps``.
 
@@ -42,7 +44,6 @@ def steps_study(pipe, steps: Sequence[int], samplers: Sequence[str], held_out=()
     check_grid(steps, samplers)
     rows, bar = [], None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=len(steps) * len(samplers), desc="steps study", unit="setting")
     for sampler in samplers:
         for n in steps:
@@ -83,13 +84,11 @@ def format_study(report: dict) -> str:
 def plot_study(report: dict, path) -> Path:
     """Draw adherence against steps (one line per sampler; held-out dashed) as a PNG at
     ``path``, written under a temporary name and renamed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    # A bare Figure (no pyplot): no global backend or figure registry is touched.
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     for i, sampler in enumerate(report["settings"]["samplers"]):
         rows = [r for r in report["rows"] if r["sampler"] == sampler]
         steps = [r["steps"] for r in rows]
@@ -104,8 +103,5 @@ def plot_study(report: dict, path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("MovingShapes: adherence against steps")
-    try:
-        write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
     return path

@@ -29,9 +29,15 @@ at most 128 before block matching (flow is scaled back to full-resolution pixels
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from scipy.ndimage import uniform_filter
+from skimage.metrics import structural_similarity
+
+from vidiff.eval.features import iter_clips, list_clips
+from vidiff.video import Video
 
 PSNR_CAP = 100.0
 WORK_SIDE = 128
@@ -74,8 +80,6 @@ def _match(a: np.ndarray, b: np.ndarray, radius: int, window: int, symmetric: bo
     motion; images are edge-padded. Returns ``(d: (N, H, W, 2) as (dy, dx), blend:
     (N, H, W, C) mean of the two matched pixels)``.
     """
-    from scipy.ndimage import uniform_filter
-
     N, H, W, C = a.shape
     r = radius
     pad = ((0, 0), (r, r), (r, r), (0, 0))
@@ -124,7 +128,7 @@ def block_flow(frames: np.ndarray, radius: int = 8, window: int = 7) -> np.ndarr
 def optical_flow(frames: np.ndarray) -> tuple[np.ndarray, str]:
     """Flow ``(T - 1, H, W, 2)`` (dx, dy) between consecutive frames, and the method's name:
     ``farneback`` (OpenCV, when installed) or ``block-matching`` (:func:`block_flow`)."""
-    try:
+    try:  # OpenCV is optional (not a dependency): imported only when flow is computed
         import cv2
     except ImportError:
         return block_flow(frames), "block-matching"
@@ -151,8 +155,6 @@ def dynamic_degree(frames: np.ndarray) -> dict:
 def psnr_ssim(frames: np.ndarray, reference: np.ndarray) -> dict:
     """Per-frame ``{"psnr": [dB, ...], "ssim": [...]}`` of ``frames`` against ``reference``
     (both ``uint8 (T, H, W, 3)`` of the same shape)."""
-    from skimage.metrics import structural_similarity
-
     frames, reference = _check(frames, 1, "PSNR"), _check(reference, 1, "PSNR")
     if frames.shape != reference.shape:
         raise ValueError(f"clip and reference differ in shape: {frames.shape} vs {reference.shape} (T, H, W, 3)")
@@ -195,10 +197,6 @@ def summarize(rows: list[dict]) -> dict:
 
 def _reference_for(path: str, source_root: str, reference_root: str):
     """The reference clip with the same relative path as ``path`` (any extension)."""
-    from pathlib import Path
-    from vidiff.eval.features import list_clips
-    from vidiff.video import Video
-
     relative = Path(path).relative_to(Path(source_root).expanduser())
     wanted = relative.with_suffix("").as_posix()
     for candidate in list_clips(reference_root):
@@ -212,8 +210,6 @@ def temporal_report(source: str, reference: Optional[str] = None, count: Optiona
     """Metrics of every clip in the folder ``source`` (or the first ``count``), per clip and on
     average: ``{"clips": [{"name", ...clip_metrics}], "mean": summarize(...), "count"}``.
     ``reference``: a folder holding a clip of the same relative path (and shape) for each."""
-    from vidiff.eval.features import iter_clips
-
     rows = []
     for name, frames in iter_clips(source, count):
         ref = _reference_for(name, source, reference) if reference is not None else None

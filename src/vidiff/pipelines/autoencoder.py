@@ -1,8 +1,8 @@
-"""Using a trained video autoencoder: loading it, reconstructing videos, fingerprinting it.
+"""Using a trained video autoencoder: reconstructing videos and showing reconstructions.
 
-``load_autoencoder(DIR)`` rebuilds a :class:`~vidiff.models.VideoVAE` from an autoencoder
-checkpoint; :func:`reconstruct` is ``vidiff reconstruct``: a video of any length and size
-through the autoencoder and back, with PSNR and SSIM.
+:func:`reconstruct` is ``vidiff reconstruct``: a video of any length and size through the
+autoencoder and back, with PSNR and SSIM. (Loading one is
+:func:`vidiff.compose.load_autoencoder`.)
 """
 from __future__ import annotations
 
@@ -13,45 +13,11 @@ import torch
 from torch import Tensor
 
 from vidiff.models.vae import VideoVAE
-from vidiff.video import Video
+from vidiff.eval.temporal import psnr_ssim as per_frame
+from vidiff.video import DEFAULT_FPS, Video
 
 
-def load_autoencoder(path, device=None, ema: bool = True) -> VideoVAE:
-    """A trained :class:`VideoVAE` from an autoencoder checkpoint (or run) directory, in eval
-    mode; its config carries the latent scaling estimated when the checkpoint was written."""
-    from vidiff.config import from_dict
-    from vidiff.models.vae import VAEConfig
-    from vidiff.train.checkpoint import (CheckpointError, read_config, read_weights, resolve_checkpoint,
-                                        submodule_state)
-
-    path = resolve_checkpoint(path)
-    config = read_config(path, kind="autoencoder")
-    vae = VideoVAE(from_dict(VAEConfig, config["network"]))
-    state = submodule_state(read_weights(path, ema=ema), "network.")
-    missing, unexpected = vae.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"weights in {str(path)!r} do not match its autoencoder config: "
-                              f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
-    return vae.to(device or "cpu").eval()
-
-
-def autoencoder_fingerprint(path) -> str:
-    """A short hash of an autoencoder checkpoint's config and weights: what a latent cache
-    records so that latents are never used with another autoencoder."""
-    import hashlib
-    from vidiff.train.checkpoint import resolve_checkpoint
-    path = resolve_checkpoint(path)
-    digest = hashlib.sha256()
-    for name in ("config.json", "ema.safetensors", "model.safetensors"):
-        file = path / name
-        if file.is_file():
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def reconstruction_grid(vae: VideoVAE, videos: Tensor, fps: float = 8.0):
+def reconstruction_grid(vae: VideoVAE, videos: Tensor, fps: float = DEFAULT_FPS):
     """Inputs beside their reconstructions, one row per clip: ``videos (B, C, T, H, W)``."""
     with torch.no_grad():
         recon = vae(videos, sample_posterior=False)[0].clamp(-1, 1)
@@ -63,7 +29,6 @@ def reconstruction_grid(vae: VideoVAE, videos: Tensor, fps: float = 8.0):
 
 def psnr_ssim(reference: np.ndarray, test: np.ndarray) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM over frames of two uint8 ``(T, H, W, 3)`` arrays."""
-    from vidiff.eval.temporal import psnr_ssim as per_frame
     scores = per_frame(test, reference)
     return float(np.mean(scores["psnr"])), float(np.mean(scores["ssim"]))
 

@@ -11,18 +11,10 @@
 from vidiff.text.base import TextEncoder, TextEncoderConfig, masked_mean
 from vidiff.text.builtin import BuiltinTextEncoder
 from vidiff.text.factory import build_text_encoder, load_text_encoder
+# vidiff.text.hf imports transformers only when a CLIP/T5 encoder is built, so this stays light.
+from vidiff.text.hf import CLIPTextEncoder, T5TextEncoder, import_transformers
 from vidiff.text.tokenizer import WordTokenizer
-
-
-def __getattr__(name):
-    # CLIP/T5 wrappers live in a module that needs transformers only when one is built;
-    # importing their classes lazily keeps `import vidiff.text` light.
-    if name in ("CLIPTextEncoder", "T5TextEncoder", "import_transformers"):
-        from vidiff.text import hf
-        return getattr(hf, name)
-    raise AttributeError(f"module 'vidiff.text' has no attribute {name!r}")
-
 
 __all__ = ["TextEncoder", "TextEncoderConfig", "BuiltinTextEncoder", "WordTokenizer",
            "CLIPTextEncoder", "T5TextEncoder", "build_text_encoder", "load_text_encoder",
-           "masked_mean"]
+           "import_transformers", "masked_mean"]

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin, xavier_linears
-from vidiff.text.base import TextEncoder, TextEncoderConfig, masked_mean
+from vidiff.text.base import TextEncoder, TextEncoderConfig, masked_mean, read_saved_config
 from vidiff.text.tokenizer import WordTokenizer
 
 DEFAULT_MAX_LENGTH = 16
@@ -124,8 +124,6 @@ class BuiltinTextEncoder(TextEncoder):
     @classmethod
     def load(cls, directory, config: Optional[TextEncoderConfig] = None) -> "BuiltinTextEncoder":
         """Rebuild from a directory written by :meth:`save` (config, vocabulary, weights)."""
-        from vidiff.text.base import read_saved_config
-
         directory = Path(directory)
         config = config or read_saved_config(directory)
         missing = [n for n in ("vocab.json", "model.safetensors") if not (directory / n).is_file()]

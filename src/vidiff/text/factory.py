@@ -6,6 +6,9 @@ from typing import Iterable, Optional, Union
 
 from vidiff.config import ConfigError
 from vidiff.text.base import TextEncoder, TextEncoderConfig, read_saved_config
+from vidiff.text.builtin import BuiltinTextEncoder
+from vidiff.text.hf import CLIPTextEncoder, T5TextEncoder
+from vidiff.text.tokenizer import WordTokenizer
 
 
 def build_text_encoder(config: TextEncoderConfig,
@@ -18,9 +21,6 @@ def build_text_encoder(config: TextEncoderConfig,
     if config.kind == "none":
         return None
     if config.kind == "builtin":
-        from vidiff.text.builtin import BuiltinTextEncoder
-        from vidiff.text.tokenizer import WordTokenizer
-
         if captions is None:
             raise ValueError("the built-in text encoder builds its vocabulary from the training "
                              "captions: pass captions=[...] (or reload a saved encoder with "
@@ -29,8 +29,6 @@ def build_text_encoder(config: TextEncoderConfig,
         return BuiltinTextEncoder.from_config(config, tokenizer)
     if not config.path:
         raise ConfigError(f"text.path is required for text.kind={config.kind!r}")
-    from vidiff.text.hf import CLIPTextEncoder, T5TextEncoder
-
     cls = CLIPTextEncoder if config.kind == "clip" else T5TextEncoder
     return cls(config.path, max_length=config.max_length, dtype=config.dtype)
 
@@ -48,7 +46,6 @@ def load_text_encoder(directory: Union[str, Path],
     if config.kind == "none":
         return None
     if config.kind == "builtin":
-        from vidiff.text.builtin import BuiltinTextEncoder
         return BuiltinTextEncoder.load(directory, config)
     if path_override is not None:
         config.path = str(path_override)

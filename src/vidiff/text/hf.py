@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from vidiff.text.base import DTYPES, TextEncoder, TextEncoderConfig, masked_mean
@@ -25,7 +26,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
 
 def import_transformers():
     """The ``transformers`` module, or an ImportError that says how to install it."""
-    try:
+    try:  # transformers is optional (the "text" extra), so it is imported only when needed
         import transformers
     except ImportError as e:
         raise ImportError('CLIP and T5 text encoders need the optional dependency transformers: '
@@ -184,7 +185,6 @@ def _has_text_projection(path: Path, config: dict) -> bool:
         return "CLIPTextModelWithProjection" in architectures
     file = path / "model.safetensors"
     if file.is_file():
-        from safetensors import safe_open
         with safe_open(str(file), framework="pt") as f:
             return "text_projection.weight" in f.keys()
     return False

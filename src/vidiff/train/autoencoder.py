@@ -17,9 +17,10 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from vidiff.checkpoint import submodule_state
+from vidiff.data import collate
 from vidiff.models.vae import VideoVAE
 from vidiff.models.vae_losses import PatchDiscriminator, autoencoder_loss, discriminator_loss
-from vidiff.train.checkpoint import submodule_state
 
 
 class AutoencoderObjective(nn.Module):
@@ -79,7 +80,6 @@ def estimate_scaling(vae: VideoVAE, weights: dict, dataset, batches: int, batch_
     """Latent shift and scale of the autoencoder with ``weights`` (its ``network.*`` entries)
     over the first ``batches x batch_size`` items of ``dataset``: a copy is estimated, so the
     training model is untouched."""
-    from vidiff.data import collate
     probe = copy.deepcopy(vae).cpu().eval()
     probe.load_state_dict(submodule_state(weights, "network."))
     n = min(len(dataset), batches * batch_size)

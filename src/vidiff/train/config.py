@@ -1,184 +1,62 @@
-"""The run config: one dataclass per concern, nested, loaded from YAML/JSON with overrides.
+"""Reading a run config for ``vidiff train``: defaults, then layers, then overrides.
 
 A YAML file names only what differs from the defaults::
 
+    kind: denoiser
     model: {size: unet-demo}
     diffusion: {schedule: cosine, parameterization: v}
     data: {name: shapes, frames: 16, size: 32}
     train: {steps: 2000, batch_size: 16, lr: 1e-3}
 
-and ``vidiff train run.yaml train.steps=500 model.overrides.channels=[32,64]`` overrides any key.
-The resolved config is stored in every checkpoint, so a model reloads with no other file.
+and ``vidiff train run.yaml train.steps=500 model.overrides.channels=[32,64]`` overrides any
+key. The dataclasses themselves live in :mod:`vidiff.compose.config`.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import logging
+from typing import Optional
 
-from vidiff.config import ConfigError, apply_overrides, from_dict, load_file
-from vidiff.data import DataConfig
-from vidiff.diffusion import LOSS_WEIGHTINGS, PARAMETERIZATIONS, TIME_DISTRIBUTIONS, Schedule
-from vidiff.models.vae_losses import VAELossConfig
-from vidiff.text import TextEncoderConfig
+from vidiff.checkpoint import read_config
+from vidiff.compose import RunConfig
+from vidiff.config import apply_overrides, from_dict, load_file
+from vidiff.train.kinds import RUN_KINDS, run_kind
 
-
-@dataclass
-class ModelConfig:
-    """A registry size plus overrides of its architecture config's fields.
-
-    ``size`` names a denoiser (``unet-demo``, ``dit-s/2``, ...) or an autoencoder (``vae-s``,
-    ...: the run then trains the autoencoder). ``vae`` makes a denoiser latent: the path of a
-    trained autoencoder checkpoint, frozen, whose latents the denoiser learns.
-    """
-    size: str = "unet-demo"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    vae: Optional[str] = None
-
-
-@dataclass
-class AutoencoderConfig(VAELossConfig):
-    """An autoencoder run's losses (see :class:`~vidiff.models.vae_losses.VAELossConfig`) plus
-    the discriminator's learning rate and how many batches measure the latent scale."""
-    disc_lr_ratio: float = 1.0
-    scaling_batches: int = 8            # batches that estimate the latent scale at each save
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.disc_lr_ratio <= 0 or self.scaling_batches < 1 or self.gan_start < 0:
-            raise ConfigError(f"autoencoder: disc_lr_ratio must be > 0, scaling_batches >= 1 and "
-                              f"gan_start >= 0, got {self.disc_lr_ratio}, {self.scaling_batches}, "
-                              f"{self.gan_start}")
-
-
-@dataclass
-class DiffusionConfig:
-    """Schedule, parameterization and how training draws and weighs diffusion times."""
-    schedule: str = "cosine"
-    shift: float = 1.0
-    zero_terminal_snr: bool = False
-    parameterization: str = "v"
-    loss_weighting: str = "min_snr"
-    min_snr_gamma: float = 5.0
-    time_distribution: str = "uniform"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-
-    def __post_init__(self):
-        for value, accepted, name in ((self.parameterization, PARAMETERIZATIONS, "parameterization"),
-                                      (self.loss_weighting, LOSS_WEIGHTINGS, "loss_weighting"),
-                                      (self.time_distribution, TIME_DISTRIBUTIONS, "time_distribution")):
-            if value not in accepted:
-                raise ConfigError(f"diffusion.{name}: {value!r} is not one of {list(accepted)}")
-        self.make_schedule()  # validates the schedule fields
-
-    def make_schedule(self) -> Schedule:
-        try:
-            return Schedule.from_name(self.schedule, shift=self.shift,
-                                      zero_terminal_snr=self.zero_terminal_snr)
-        except ValueError as e:
-            raise ConfigError(f"diffusion: {e}") from None
-
-
-@dataclass
-class TrainConfig:
-    """The optimisation loop. ``batch_size`` is the global batch per optimizer step."""
-    steps: int = 1000
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"         # "cosine" or "constant", after linear warm-up
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    ema_warmup: bool = True
-    text_dropout: float = 0.1           # classifier-free guidance needs this > 0
-    image_ratio: float = 0.0            # fraction of steps that train on single frames (T = 1)
-    precision: str = "fp32"             # "fp32" or "bf16" (autocast)
-    compile: bool = False               # torch.compile the model (first steps compile)
-    compile_backend: str = "inductor"   # any torch.compile backend ("aot_eager": no codegen)
-    fsdp: bool = False
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 10
-    sample_every: int = 0               # 0: only at the end
-    checkpoint_every: int = 500
-    keep_last: int = 2
-    out_dir: str = "runs/vidiff"
-    init_from: Optional[str] = None
-    max_minutes: float = 0.0            # > 0: stop (with a checkpoint) after this wall time
-
-    def __post_init__(self):
-        checks = [
-            (self.steps >= 1, f"train.steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}"),
-            (self.lr > 0, f"train.lr must be > 0, got {self.lr}"),
-            (self.lr_schedule in ("cosine", "constant"),
-             f"train.lr_schedule: {self.lr_schedule!r} is not one of ['cosine', 'constant']"),
-            (self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (0 <= self.text_dropout < 1, f"train.text_dropout must be in [0, 1), got {self.text_dropout}"),
-            (0 <= self.image_ratio <= 1, f"train.image_ratio must be in [0, 1], got {self.image_ratio}"),
-            (self.precision in ("fp32", "bf16"),
-             f"train.precision: {self.precision!r} is not one of ['fp32', 'bf16']"),
-            (0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}"),
-            (self.max_minutes >= 0, f"train.max_minutes must be >= 0, got {self.max_minutes}"),
-            (self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-
-
-@dataclass
-class SampleConfig:
-    """How periodic and final samples are drawn."""
-    prompts: list[str] = field(default_factory=list)
-    sampler: str = "dpmpp_2m"
-    steps: int = 20
-    guidance: float = 5.0
-    frames: int = 0                     # 0: the training clip length
-
-
-@dataclass
-class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
-
-    @property
-    def task(self) -> str:
-        """``"autoencoder"`` when ``model.size`` names an autoencoder, else ``"denoiser"``."""
-        from vidiff.models.vae import VAE_MODELS
-        return "autoencoder" if self.model.size in VAE_MODELS else "denoiser"
+logger = logging.getLogger("vidiff.train")
 
 
 def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
                     base: Optional[dict] = None) -> RunConfig:
-    """Defaults <- ``base`` <- the file at ``path`` <- ``key.sub=value`` overrides.
+    """Defaults <- ``base`` <- the file at ``path`` <- ``key.sub=value`` overrides, checked
+    against its run kind.
 
-    Autoencoder runs and latent denoisers default to 17-frame clips (``1 + 4k``, what a 4x
-    temporal autoencoder codes) where no layer sets ``data.frames``.
+    Where no layer sets ``data.frames``, the run kind may choose the clip length (autoencoder
+    runs and latent denoisers take 17 frames, ``1 + 4k``, what a 4x temporal autoencoder
+    codes); the choice is logged, never silent.
     """
     data: dict = {}
     for layer in (base or {}), (load_file(path) if path else {}):
         _merge(data, copy.deepcopy(layer))
     apply_overrides(data, overrides or [])
-    from vidiff.models.vae import VAE_MODELS
-    model = data.get("model") or {}
-    if isinstance(model, dict) and (model.get("vae") or model.get("size") in VAE_MODELS):
-        data.setdefault("data", {})
-        if isinstance(data["data"], dict):
-            data["data"].setdefault("frames", 17)
-    return from_dict(RunConfig, data)
+    kind = RUN_KINDS.get(data.get("kind", RunConfig.kind))
+    frames = kind.default_frames(data) if kind is not None else None
+    section = data.setdefault("data", {})
+    if frames is not None and isinstance(section, dict) and "frames" not in section:
+        section["frames"] = frames
+        logger.warning("data.frames is not set: a %s run uses %d-frame clips (set data.frames to "
+                       "choose)", kind.name + (" (latent)" if kind.name == "denoiser" else ""), frames)
+    run = from_dict(RunConfig, data)
+    run_kind(run)
+    return run
+
+
+def resume_config(path: str, overrides: Optional[list[str]] = None) -> RunConfig:
+    """The run config stored in a checkpoint, with ``key=value`` overrides (e.g. more steps)."""
+    data = read_config(path, required=("run",))["run"]
+    apply_overrides(data, overrides or [])
+    run = from_dict(RunConfig, data)
+    run_kind(run)
+    return run
 
 
 def _merge(into: dict, new: dict) -> None:

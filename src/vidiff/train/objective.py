@@ -17,8 +17,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from vidiff.compose.config import DiffusionConfig
 from vidiff.conditioning import Conditioning
-from vidiff.diffusion import Schedule, diffusion_loss
+from vidiff.diffusion import diffusion_loss
 
 
 def _seed(*parts) -> int:
@@ -73,8 +74,9 @@ class DiffusionObjective(nn.Module):
     Args:
         network: ``network(x_t, t, cond) -> prediction``.
         text_encoder: a vidiff text encoder or None (unconditional model).
-        schedule, parameterization, loss_weighting, min_snr_gamma, time_distribution,
-        logit_mean, logit_std: see :class:`~vidiff.train.config.DiffusionConfig`.
+        diffusion: a :class:`~vidiff.compose.config.DiffusionConfig`: schedule,
+            parameterization, loss weighting and time distribution (the one source of their
+            defaults).
         text_dropout: probability that a sample trains with the null text (for guidance).
         frame_stride: pass the batch's frame stride to the network.
         vae: a frozen :class:`~vidiff.models.VideoVAE` for a latent model: clips are encoded
@@ -82,19 +84,14 @@ class DiffusionObjective(nn.Module):
             holds them (``batch["latents"]``, from a latent cache).
     """
 
-    def __init__(self, network: nn.Module, text_encoder: Optional[nn.Module], schedule: Schedule,
-                 parameterization: str = "v", loss_weighting: str = "uniform",
-                 min_snr_gamma: float = 5.0, time_distribution: str = "uniform",
-                 logit_mean: float = 0.0, logit_std: float = 1.0, text_dropout: float = 0.1,
-                 frame_stride: bool = False, vae: Optional[nn.Module] = None):
+    def __init__(self, network: nn.Module, text_encoder: Optional[nn.Module], diffusion: DiffusionConfig,
+                 text_dropout: float, frame_stride: bool = False, vae: Optional[nn.Module] = None):
         super().__init__()
         if vae is not None:
             vae.requires_grad_(False).eval()
         self.vae = vae
         self.network, self.text_encoder = network, text_encoder
-        self.schedule, self.parameterization = schedule, parameterization
-        self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
-        self.time_distribution, self.logit_mean, self.logit_std = time_distribution, logit_mean, logit_std
+        self.diffusion, self.schedule = diffusion, diffusion.make_schedule()
         self.text_dropout, self.frame_stride = text_dropout, frame_stride
 
     def conditioning(self, captions: list[str], draws: Optional[SampleDraws],
@@ -135,11 +132,12 @@ class DiffusionObjective(nn.Module):
             # Joint image-video training: one frame per sample, T = 1, same network.
             pick = (draws.uniform("image_frame") * x0.shape[2]).long().clamp(max=x0.shape[2] - 1)
             x0 = x0[torch.arange(x0.shape[0]), :, pick.to(device)].unsqueeze(2)   # (B, C, 1, H, W)
-        t = draws.times(self.time_distribution, self.logit_mean, self.logit_std).to(device)
+        d = self.diffusion
+        t = draws.times(d.time_distribution, d.logit_mean, d.logit_std).to(device)
         noise = draws.normal(tuple(x0.shape[1:]), "noise").to(device=device, dtype=x0.dtype)
         x_t = self.schedule.add_noise(x0, noise, t)
         cond = self.conditioning(batch["caption"], draws, batch.get("frame_stride"), device, batch)
         pred = self.network(x_t, t, cond)
-        loss = diffusion_loss(pred, x0, noise, t, self.schedule, self.parameterization,
-                              self.loss_weighting, self.min_snr_gamma)
+        loss = diffusion_loss(pred, x0, noise, t, self.schedule, d.parameterization,
+                              d.loss_weighting, d.min_snr_gamma)
         return loss, {"loss": loss.detach()}

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,23 +32,36 @@ class CheckpointError(ValueError):
     """A path is not a usable vidiff checkpoint; the message says what is wrong."""
 
 
+def temporary_sibling(path: Path) -> Path:
+    """An unused hidden name beside ``path``, for writing before a rename. (Not ``tempfile``:
+    its files are private, mode 0600, and a saved video or checkpoint should not be.)"""
+    path = Path(path)
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
 def write_atomic_dir(dest: Path, fill: Callable[[Path], None]) -> Path:
-    """Create directory ``dest`` by calling ``fill(tmp_dir)`` then renaming it into place."""
+    """Create directory ``dest`` by calling ``fill(tmp_dir)`` then renaming it into place.
+
+    An existing ``dest`` is moved aside first and put back if the rename fails, so ``dest``
+    is at every moment either the old complete directory or the new one.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    tmp, old = temporary_sibling(dest), None
+    tmp.mkdir()
     try:
         fill(tmp)
-        if dest.exists():
-            old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
+        if dest.exists():   # a directory cannot replace a non-empty one: move the old one aside
+            old = temporary_sibling(dest)
             os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not dest.exists():
+            os.replace(old, dest)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
@@ -57,14 +70,13 @@ def write_file_atomic(path, write: Callable[[Path], None]) -> Path:
     rename, so a reader never sees a half-written file; the temporary goes on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_sibling(path)
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
     return path
 
@@ -110,8 +122,9 @@ def resolve_checkpoint(path) -> Path:
     return candidates[-1]
 
 
-def read_config(path, kind: Optional[str] = None) -> dict:
-    """The config.json of a checkpoint; checks the format and, if given, the model kind."""
+def read_config(path, kind: Optional[str] = None, required: tuple[str, ...] = ()) -> dict:
+    """The config.json of a checkpoint; checks the format, the model kind if given, and that
+    the ``required`` keys are there."""
     path = resolve_checkpoint(path)
     try:
         config = json.loads((path / "config.json").read_text())
@@ -121,7 +134,12 @@ def read_config(path, kind: Optional[str] = None) -> dict:
         raise CheckpointError(f"{str(path)!r} is not a vidiff checkpoint (config.json has no "
                               f"format {FORMAT!r})")
     if kind is not None and config.get("kind") != kind:
-        raise CheckpointError(f"{str(path)!r} holds a {config.get('kind')!r} model, expected a {kind!r}")
+        raise CheckpointError(f"{str(path)!r} holds a model of kind {config.get('kind')!r}, not the "
+                              f"{kind!r} this needs")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise CheckpointError(f"{str(path / 'config.json')!r} lacks {missing}: it was not written by "
+                              "vidiff, or is damaged")
     return config
 
 

@@ -6,10 +6,19 @@ keeps a clip's forward pass near one GFLOP while the shapes stay resolvable.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
+import torch
+
+from vidiff.checkpoint import write_json_atomic
 from vidiff.data.shapes import DEMO_HELD_OUT, caption
+from vidiff.eval.adherence import format_report, shapes_adherence
+from vidiff.pipelines.video import load
+from vidiff.train.config import load_run_config
+from vidiff.train.run import build_trainer, plot_loss
+from vidiff.video import Video
 
 TOTAL_MINUTES = 14.0      # the demo's wall-time budget (the hard limit is 15 minutes)
 SAFETY_MINUTES = 0.5      # checkpoint, reload, grid video, slack
@@ -31,7 +40,6 @@ DEMO_CONFIG = {
 
 
 def _time(fn) -> float:
-    import time
     fn()                                     # warm-up: first-call allocations and kernels
     start = time.perf_counter()
     fn()
@@ -42,7 +50,6 @@ def measured_costs(trainer, steps: int, batch: int = 64) -> tuple[float, float]:
     """``(seconds per training step, seconds per sampled clip)`` of this machine for the
     demo's network: one timed forward+backward of a training batch, and one timed
     guidance-doubled forward of ``batch`` clips times the ``steps`` calls a clip needs."""
-    import torch
     network, encoder = trainer.objective.network, trainer.objective.text_encoder
     shape = trainer.dataset[0]["video"].shape
     device = trainer.dist.device
@@ -72,13 +79,6 @@ def run_demo(out_dir: str = "runs/demo", overrides: Optional[list[str]] = None, 
     ``budget_minutes`` (the whole command's wall time) is what scoring will need, measured
     before training starts, whichever comes first.
     """
-    import time
-    from vidiff.eval.adherence import format_report, shapes_adherence
-    from vidiff.pipelines.video import load
-    from vidiff.train.checkpoint import write_json_atomic
-    from vidiff.train.config import load_run_config
-    from vidiff.train.run import build_trainer, plot_loss
-    from vidiff.video import Video
 
     started = time.perf_counter()
     run = load_run_config(None, [f"train.out_dir={out_dir}", *(overrides or [])], base=DEMO_CONFIG)

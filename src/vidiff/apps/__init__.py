@@ -1,0 +1,4 @@
+"""Applications built on the library: the 15-minute demo (later: synthetic data generation).
+
+They sit above training, evaluation and the pipelines, and only the command line imports them.
+"""

@@ -1,0 +1,16 @@
+"""Composition: run configs, and building networks, text encoders and autoencoders from a config
+or a checkpoint. Training, pipelines and commands build through here and nowhere else."""
+from vidiff.compose.build import (
+    Denoiser, autoencoder_fingerprint, build_autoencoder_for, build_network_for, build_text_encoder_for,
+    copy_autoencoder, default_device, load_autoencoder, load_denoiser, text_encoder_dir,
+)
+from vidiff.compose.config import (
+    AutoencoderConfig, DiffusionConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig,
+)
+
+__all__ = [
+    "RunConfig", "ModelConfig", "DiffusionConfig", "TrainConfig", "SampleConfig", "AutoencoderConfig",
+    "Denoiser", "load_denoiser", "load_autoencoder", "autoencoder_fingerprint", "copy_autoencoder",
+    "build_network_for", "build_text_encoder_for", "build_autoencoder_for", "default_device",
+    "text_encoder_dir",
+]

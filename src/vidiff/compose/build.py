@@ -1,0 +1,160 @@
+"""The one place that turns configs and checkpoints into modules.
+
+Training (``vidiff.train``), pipelines (``vidiff.pipelines``) and the commands all build their
+networks, text encoders and autoencoders here, so a model is built the same way when it is
+trained and when it is loaded (the field's classic bug is an encoder that differs between
+the two).
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from vidiff.checkpoint import CheckpointError, read_config, read_weights, resolve_checkpoint, submodule_state
+from vidiff.compose.config import RunConfig
+from vidiff.config import from_dict
+from vidiff.models.registry import architecture_of, build_from_config, resolve_config
+from vidiff.models.vae import VAEConfig, VideoVAE
+from vidiff.text import build_text_encoder, load_text_encoder
+
+
+def default_device(device=None) -> torch.device:
+    """``device``, or CUDA when it is available, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------- from a config
+def build_text_encoder_for(run: RunConfig, captions: Optional[list[str]] = None,
+                           text_dir: Optional[Path] = None):
+    """The text encoder a run config describes (None for ``text.kind: none``).
+
+    The built-in encoder builds its vocabulary from ``captions`` (training) or loads it from
+    ``text_dir`` (a checkpoint's ``text_encoder/``).
+    """
+    if run.text.kind == "none":
+        return None
+    if text_dir is not None:
+        return load_text_encoder(text_dir, path_override=run.text.path)
+    return build_text_encoder(run.text, captions=captions)
+
+
+def build_network_for(run: RunConfig, text_encoder, vae: Optional[VideoVAE] = None) -> nn.Module:
+    """The denoiser a run config describes; its text width follows ``text_encoder`` and, for a
+    latent model, its input and output channels follow the autoencoder ``vae``."""
+    overrides = dict(run.model.overrides)
+    overrides["text_dim"] = text_encoder.dim if text_encoder is not None else None
+    overrides["pooled_dim"] = text_encoder.pooled_dim if text_encoder is not None else None
+    if vae is not None:
+        overrides["in_channels"] = vae.config.latent_channels
+        overrides["out_channels"] = None
+    config = resolve_config(run.model.size, overrides)
+    return build_from_config(architecture_of(config), config)
+
+
+def build_autoencoder_for(run: RunConfig) -> VideoVAE:
+    """The (untrained) autoencoder an autoencoder run describes; checks that the run's clip
+    size fits its grid."""
+    vae = VideoVAE(resolve_config(run.model.size, run.model.overrides))
+    vae.latent_shape(run.data.frames, run.data.size, run.data.size)
+    return vae
+
+
+# ----------------------------------------------------------------------------- from a checkpoint
+def load_autoencoder(path, device=None, ema: bool = True) -> VideoVAE:
+    """A trained :class:`VideoVAE` from an autoencoder checkpoint (or run) directory, in eval
+    mode on ``device`` (default: the CPU); its config carries the latent scaling estimated
+    when the checkpoint was written."""
+    path = resolve_checkpoint(path)
+    config = read_config(path, kind="autoencoder", required=("network",))
+    vae = VideoVAE(from_dict(VAEConfig, config["network"]))
+    state = submodule_state(read_weights(path, ema=ema), "network.")
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"weights in {str(path)!r} do not match its autoencoder config: "
+                              f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    return vae.to(device or "cpu").eval()
+
+
+def autoencoder_fingerprint(path) -> str:
+    """A short hash of an autoencoder checkpoint's config and weights: what a latent cache
+    records so that latents are never used with another autoencoder."""
+    path = resolve_checkpoint(path)
+    digest = hashlib.sha256()
+    for name in ("config.json", "ema.safetensors", "model.safetensors"):
+        file = path / name
+        if file.is_file():
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def copy_autoencoder(source, dest: Path) -> None:
+    """Copy an autoencoder checkpoint's config and weights (no trainer state) to ``dest``."""
+    read_config(source, kind="autoencoder")
+    source = resolve_checkpoint(source)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", "ema.safetensors"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, dest / name)
+
+
+def text_encoder_dir(checkpoint: Path) -> Optional[Path]:
+    """A checkpoint's ``text_encoder/`` folder, or None when it has none."""
+    folder = Path(checkpoint) / "text_encoder"
+    return folder if folder.is_dir() else None
+
+
+@dataclass
+class Denoiser:
+    """A trained denoiser's parts, as :func:`load_denoiser` rebuilds them.
+
+    ``config`` is the checkpoint's config.json; ``run`` its run config; ``vae`` the
+    autoencoder a latent model carries (None for a pixel model).
+    """
+    network: nn.Module
+    text_encoder: Optional[nn.Module]
+    run: RunConfig
+    vae: Optional[VideoVAE]
+    config: dict
+    path: Path
+
+
+def load_denoiser(path, device=None, ema: bool = True,
+                  text_encoder_path: Optional[str] = None) -> Denoiser:
+    """A denoiser checkpoint (or a run directory: its newest checkpoint) rebuilt from its own
+    files, in eval mode on ``device`` (default: CUDA if available). ``text_encoder_path``
+    re-points a frozen CLIP/T5 encoder at a new local directory."""
+    path = resolve_checkpoint(path)
+    config = read_config(path, kind="denoiser", required=("arch", "network", "run"))
+    run = from_dict(RunConfig, config["run"])
+    if text_encoder_path is not None:
+        run.text.path = text_encoder_path
+    text_dir = text_encoder_dir(path)
+    if run.text.kind != "none" and text_dir is None:
+        raise CheckpointError(f"{str(path)!r} has no text_encoder/ folder")
+    text_encoder = build_text_encoder_for(run, text_dir=text_dir)
+    network = build_from_config(config["arch"], config["network"])
+    holder = nn.ModuleDict({"network": network})
+    if text_encoder is not None:
+        holder["text_encoder"] = text_encoder
+    missing, unexpected = holder.load_state_dict(read_weights(path, ema=ema), strict=False)
+    # A frozen CLIP/T5 is not stored in the checkpoint: its weights come from its own folder.
+    trainable = {n for n, _ in holder.named_parameters()
+                 if not (n.startswith("text_encoder.") and not getattr(text_encoder, "trainable", True))}
+    missing = [m for m in missing if m in trainable]
+    if missing or unexpected:
+        raise CheckpointError(f"weights in {str(path)!r} do not match its config: missing "
+                              f"{missing[:5]}, unexpected {list(unexpected)[:5]}")
+    device = default_device(device)
+    holder.to(device).eval()
+    vae = load_autoencoder(path / "vae", device=device) if (path / "vae").is_dir() else None
+    return Denoiser(network, text_encoder, run, vae, config, path)

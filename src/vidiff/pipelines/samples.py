@@ -1,0 +1,71 @@
+"""Samples written while and after a model trains: a grid video per checkpoint.
+
+Given to :func:`vidiff.train.run.train` as its ``sample_writer``: sampling needs the
+pipelines, which sit above training, so training calls it without importing it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from vidiff.checkpoint import resolve_checkpoint, write_file_atomic
+from vidiff.compose import RunConfig, load_autoencoder
+from vidiff.data import collate
+from vidiff.data.shapes import caption
+from vidiff.pipelines.autoencoder import reconstruction_grid
+from vidiff.pipelines.video import load
+from vidiff.video import DEFAULT_FPS, Video
+
+
+def default_prompts(run: RunConfig, trainer, count: int = 4) -> list[str]:
+    """``sample.prompts``, else the dataset's held-out triples, then its first captions."""
+    if run.sample.prompts:
+        return list(run.sample.prompts)
+    held_out = getattr(trainer.dataset, "held_out", None) or []
+    prompts = [caption(*triple) for triple in held_out][:count]
+    i = 0
+    while len(prompts) < count and i < 64:
+        text = trainer.dataset[i]["caption"]
+        if text and text not in prompts:
+            prompts.append(text)
+        i += 1
+    return prompts
+
+
+def write_samples(run: RunConfig, trainer) -> Optional[Path]:
+    """Sample the newest checkpoint (EMA weights) and write a grid video ``samples/step_N.mp4``
+    by the run kind's writer (:data:`SAMPLE_WRITERS`); None for a kind without one."""
+    writer = SAMPLE_WRITERS.get(run.kind)
+    if writer is None:
+        return None
+    out = Path(run.train.out_dir) / "samples" / f"step_{trainer.step:07d}.mp4"
+    writer(run, trainer, resolve_checkpoint(run.train.out_dir), out)
+    return out
+
+
+def denoiser_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> None:
+    """Generated clips of :func:`default_prompts` (unconditional: seeds 0-3), one grid, with the
+    prompts beside it in ``out.txt``."""
+    pipe = load(checkpoint)
+    s = run.sample
+    if pipe.text_encoder is None:
+        prompts = [None] * 4
+        videos = [pipe.generate(None, steps=s.steps, seed=k, sampler=s.sampler) for k in range(4)]
+    else:
+        prompts = default_prompts(run, trainer)
+        videos = pipe.generate(prompts, num_frames=s.frames, steps=s.steps,
+                               guidance=s.guidance, sampler=s.sampler, seed=0)
+    Video.grid(videos, cols=min(4, len(videos))).save(out)
+    write_file_atomic(out.with_suffix(".txt"),
+                      lambda tmp: tmp.write_text("\n".join(p or "" for p in prompts) + "\n"))
+
+
+def autoencoder_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> None:
+    """The last four clips of the dataset beside their reconstructions."""
+    vae = load_autoencoder(checkpoint)
+    held = [trainer.dataset[len(trainer.dataset) - 1 - i] for i in range(4)]
+    reconstruction_grid(vae, collate(held)["video"], fps=getattr(trainer.dataset, "fps", DEFAULT_FPS)).save(out)
+
+
+# One writer per run kind (vidiff.train.kinds.RUN_KINDS); a kind without one writes no samples.
+SAMPLE_WRITERS = {"denoiser": denoiser_samples, "autoencoder": autoencoder_samples}
