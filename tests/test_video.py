@@ -340,7 +340,10 @@ def test_bytes_round_trip_matches_the_path_route(tmp_path, fmt):
     video = clip(H=33, W=47)
     data = video.to_bytes(fmt)
     path = video.save(tmp_path / f"x.{fmt}")
-    if fmt != "webm":  # the webm muxer stamps a random segment id, so its bytes differ run to run
+    # Bytes are compared for gif only: the webm muxer stamps a random segment id, and x264 writes
+    # its option string into the stream (seen to differ by one byte under load), so mp4 and
+    # webm are compared by their decoded frames below.
+    if fmt == "gif":
         assert data == path.read_bytes()
     from_path, from_bytes = Video.load(path), Video.load(data)
     assert from_bytes.frames.shape == (9, 33, 47, 3)

@@ -81,7 +81,7 @@ def add_eval(sub) -> None:
                                           "--samplers run the steps-versus-quality study (JSON + PNG).")
     shapes.add_argument("--model", required=True, metavar="DIR")
     shapes.add_argument("--samples", type=positive_int, default=4)
-    shapes.add_argument("--steps", type=csv_list(positive_int), default=[20], help="step counts, e.g. 10,20,50")
+    shapes.add_argument("--steps", type=csv_list(positive_int), default=[DEFAULTS.steps], help="step counts, e.g. 10,20,50")
     shapes.add_argument("--sampler", type=one_of("sampler", SAMPLERS), help=f"one sampler (default {DEFAULTS.sampler})")
     shapes.add_argument("--samplers", type=csv_list(one_of("sampler", SAMPLERS)),
                         help="several samplers, e.g. ddim,dpmpp_2m,euler")
