@@ -1,0 +1,197 @@
+"""Every config under configs/ trains: shrunk to a tiny model of the same architecture and a
+few 16x16 clips, it runs two steps, writes a checkpoint that reloads, and keeps what the file
+is about (run kind, architecture, schedule and parameterization, data set, text encoder, ...).
+
+The configs are found by glob, so a new file under configs/ is covered without a new test.
+"""
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vidiff
+from vidiff.checkpoint import read_config, resolve_checkpoint
+from vidiff.compose import RunConfig, load_autoencoder
+from vidiff.config import from_dict, load_file, to_dict
+from vidiff.models.registry import architecture_of, resolve_config
+from vidiff.train.config import load_run_config
+from vidiff.train.run import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+TINY_SIZES = {"unet": "unet-tiny", "dit": "dit-tiny", "vae": "vae-tiny"}
+STEPS = 2
+
+
+def _ids(paths):
+    return [p.name for p in paths]
+
+
+def family(run: RunConfig) -> dict:
+    """What a tiny stand-in must share with the network a config names: the architecture and,
+    for an autoencoder, whether it is 3D (causal over time) or per frame."""
+    config = resolve_config(run.model.size, run.model.overrides)
+    arch = architecture_of(config)
+    return {"arch": arch, **({"vae_kind": config.kind} if arch == "vae" else {})}
+
+
+def about(run: RunConfig) -> dict:
+    """The parts of a run config that say what it trains and how; a tiny run must keep them."""
+    facts = {
+        "kind": run.kind, **family(run), "latent": run.model.vae is not None,
+        # the data set and its options, all but the clip size (and the loader's workers)
+        "data": {k: v for k, v in to_dict(run.data).items() if k not in ("frames", "size", "num_workers")},
+        "text": (run.text.kind, run.text.pooling),
+        "optimizer": (run.train.lr, run.train.lr_schedule, run.train.weight_decay,
+                      run.train.ema_decay, run.train.fsdp),
+    }
+    if run.kind == "autoencoder":
+        losses = to_dict(run.autoencoder)
+        # the tiny run switches the discriminator on at once and measures the latent scale
+        # on one batch; the loss terms and their weights stay
+        facts["autoencoder"] = {k: v for k, v in losses.items() if k not in ("gan_start", "scaling_batches")}
+    else:
+        facts["diffusion"] = to_dict(run.diffusion)
+        facts["text_dropout"] = run.train.text_dropout
+        facts["sample"] = (run.sample.sampler, run.sample.guidance)
+    return facts
+
+
+def clip_frames(run: RunConfig) -> int:
+    # 1 + 4k frames for whatever an autoencoder codes, else any short clip
+    return 5 if run.kind == "autoencoder" or run.model.vae else 4
+
+
+def tiny_overrides(run: RunConfig, out_dir: Path, vae_dir=None, processes: int = 1) -> list[str]:
+    """``key=value`` overrides that shrink ``run`` to seconds: a tiny registry size of the same
+    architecture, 16x16 clips, two steps, a checkpoint at the end, no compile, no workers."""
+    arch = family(run)["arch"]
+    overrides = [
+        f"model.size={TINY_SIZES[arch]}", f"data.frames={clip_frames(run)}", "data.size=16",
+        f"train.steps={STEPS}", f"train.batch_size={2 * processes}", "train.grad_accum=1",
+        f"train.checkpoint_every={STEPS}", "train.log_every=1", "train.sample_every=0",
+        "train.num_workers=0", "train.max_minutes=0",
+        # compiling (inductor) on this CPU would take longer than all the rest of the file
+        "train.compile=false", f"train.out_dir={out_dir}",
+    ]
+    if arch == "vae":
+        overrides += [f"model.overrides.kind={family(run)['vae_kind']}",
+                      "autoencoder.scaling_batches=1", "autoencoder.gan_start=1"]
+    if run.text.kind == "builtin":
+        overrides += ["text.dim=32", "text.depth=1", "text.heads=2"]
+    if run.sample.frames is not None:
+        overrides.append(f"sample.frames={clip_frames(run)}")
+    if vae_dir is not None:
+        overrides.append(f"model.vae={vae_dir}")
+    return overrides
+
+
+def autoencoder_config_for(latent: RunConfig) -> Path:
+    """The config under configs/ whose autoencoder run writes ``latent.model.vae``."""
+    for path in CONFIGS:
+        run = load_run_config(str(path))
+        if run.kind == "autoencoder" and Path(run.train.out_dir) == Path(latent.model.vae):
+            return path
+    raise AssertionError(f"model.vae: {latent.model.vae!r} is written by no autoencoder config "
+                         f"under configs/ (their train.out_dir)")
+
+
+def _torchrun(path: Path, overrides: list[str], processes: int) -> None:
+    """The documented command, ``torchrun --nproc_per_node N -m vidiff train CONFIG``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          f"--nproc_per_node={processes}", "-m", "vidiff", "train", str(path),
+                          "--no-samples", *overrides],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, one_thread):
+    """``tiny_run(path) -> (file's run config, tiny run config, out_dir)``, trained once per
+    config (a latent config first trains the autoencoder config it names)."""
+    done = {}
+
+    def run(path: Path):
+        if path not in done:
+            full = load_run_config(str(path))
+            if full.text.kind in ("clip", "t5"):
+                pytest.skip(f"{path.name}: text.kind {full.text.kind} needs a local model directory")
+            vae_dir = tiny_run_dir(autoencoder_config_for(full)) if full.model.vae else None
+            out = tmp_path_factory.mktemp(path.stem)
+            processes = 2 if full.train.fsdp else 1
+            overrides = tiny_overrides(full, out, vae_dir, processes)
+            if processes > 1:
+                # 2 CPU processes over gloo. bf16 collectives are not what gloo is for (slow or
+                # refused), so the sharded run computes in fp32; the bf16 autocast path itself
+                # is covered by tests/test_train.py.
+                overrides.append("train.precision=fp32")
+            tiny = load_run_config(str(path), overrides)
+            if processes > 1:
+                _torchrun(path, overrides, processes)
+            else:
+                train(tiny, progress=False)
+            done[path] = (full, tiny, out)
+        return done[path]
+
+    def tiny_run_dir(path: Path) -> Path:
+        return run(path)[2]
+
+    return run
+
+
+def test_configs_are_found():
+    names = {p.name for p in CONFIGS}
+    assert {"t2v-unet.yaml", "t2v-dit.yaml", "vae.yaml", "latent-t2v.yaml", "fsdp-dit.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=_ids(CONFIGS))
+def test_config_is_documented_and_explicit(path):
+    """The file opens with a comment holding its command, states its run kind, and
+    docs/configs.md describes it."""
+    header = list(itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines()))
+    assert any(f"configs/{path.name}" in line for line in header), \
+        f"{path.name}: the header comment must give the command that runs it"
+    assert "kind" in load_file(path), f"{path.name}: state the run kind (kind: denoiser / autoencoder)"
+    assert f"configs/{path.name}" in (ROOT / "docs" / "configs.md").read_text()
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if load_run_config(str(p)).model.vae],
+                         ids=lambda p: p.name)
+def test_latent_config_chains_to_its_autoencoder(path):
+    """A latent config names the out_dir of an autoencoder config, on the clips it codes."""
+    latent = load_run_config(str(path))
+    vae = load_run_config(str(autoencoder_config_for(latent)))
+    assert (latent.data.name, latent.data.frames, latent.data.size) == \
+        (vae.data.name, vae.data.frames, vae.data.size)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=_ids(CONFIGS))
+def test_config_trains_tiny_and_reloads(path, tiny_run):
+    full, tiny, out = tiny_run(path)
+    # the overrides shrank the run, not its recipe: the config and the checkpoint agree with the file
+    assert about(tiny) == about(full)
+    stored = read_config(resolve_checkpoint(out), kind=full.kind, required=("run",))
+    assert stored["step"] == STEPS
+    assert about(from_dict(RunConfig, stored["run"])) == about(full)
+    frames = clip_frames(full)
+    if full.kind == "autoencoder":
+        vae = load_autoencoder(out)
+        assert vae.config.kind == family(full)["vae_kind"]
+        clip = torch.rand(1, 3, frames, 16, 16) * 2 - 1            # (B, C, T, H, W)
+        with torch.no_grad():
+            recon, _ = vae(clip)
+        assert recon.shape == clip.shape and torch.isfinite(recon).all()
+        return
+    pipe = vidiff.load(out)
+    assert architecture_of(pipe.network.config) == family(full)["arch"]
+    assert pipe.parameterization == full.diffusion.parameterization
+    assert pipe.schedule == full.diffusion.make_schedule()
+    assert (pipe.vae is not None) == (full.model.vae is not None)
+    assert (pipe.text_encoder is not None) == (full.text.kind != "none")
+    video = pipe.generate("a red circle moving right", steps=2, seed=0)
+    assert video.frames.shape == (frames, 16, 16, 3)
