@@ -60,16 +60,21 @@ def test_convert_writes_the_requested_container(tmp_path, capsys):
     assert "unknown extension '.avi'" in capsys.readouterr().err
 
 
-def test_models_table_matches_real_counts(capsys):
+def test_models_table_matches_real_counts(capsys, monkeypatch):
     import torch
+    import vidiff.cli.info
     from vidiff.models.flops import count_flops, count_parameters
     from vidiff.models.registry import MODELS, build_from_config, describe_sizes
-    rows = {r["name"]: r for r in describe_sizes(frames=4, size=16)}
+    table = describe_sizes(frames=4, size=16)     # every size on the meta device: the slow part
+    rows = {r["name"]: r for r in table}
     assert set(rows) == set(MODELS)
     net = build_from_config("unet", MODELS["unet-tiny"])  # the same count on a real CPU model
     flops = count_flops(lambda: net(torch.randn(1, 3, 4, 16, 16), torch.rand(1), None))
     assert rows["unet-tiny"]["gflop"] == pytest.approx(flops / 1e9, rel=1e-9)
     assert rows["unet-tiny"]["parameters"] == count_parameters(net)
     assert rows["dit-1b/2"]["parameters"] > 0.9e9
+    # The command prints those rows (computed once above, not again).
+    monkeypatch.setattr(vidiff.cli.info, "describe_sizes", lambda frames, size: table)
     assert main(["models", "--frames", "4", "--size", "16"]) == 0
-    assert "dit-1b/2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{rows['dit-1b/2']['parameters']:,}" in out and f"{rows['unet-tiny']['parameters']:,}" in out

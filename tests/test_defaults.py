@@ -33,9 +33,9 @@ def test_sampling_defaults_come_from_one_place():
         assert {k: got[k] for k in expected if k in got} == {k: v for k, v in expected.items() if k in got}, fn
     assert defaults(sample)["sampler"] == config.sampler and defaults(sample)["steps"] == config.steps
     assert defaults(steps_study)["guidance"] == config.guidance
-    generate = subparser("generate").parse_args(["--model", "m", "--out", "o.mp4"])
+    generate = subparser("generate").parse_args(["--model", ".", "--out", "o.mp4"])   # any existing path
     assert (generate.steps, generate.sampler, generate.guidance) == (config.steps, config.sampler, config.guidance)
-    shapes = subparser("eval", "shapes").parse_args(["--model", "m"])
+    shapes = subparser("eval", "shapes").parse_args(["--model", "."])
     assert shapes.steps == [config.steps] and shapes.guidance == config.guidance
 
 

@@ -21,6 +21,7 @@ import torch
 
 from vidiff.checkpoint import write_json_atomic
 from vidiff.data import BUILTIN
+from vidiff.pipelines.shipped import DEFAULT_MODEL, check_model
 from vidiff.video import SAVE_EXTENSIONS
 
 Type = Callable[[str], object]
@@ -163,6 +164,28 @@ def existing_dir(text: str) -> str:
         raise argparse.ArgumentTypeError(f"no such folder: {text!r}" if not Path(text).exists()
                                          else f"{text!r} is a file, expected a folder")
     return text
+
+
+def model_type(text: str) -> str:
+    """A model: an existing checkpoint or run directory, or an installed shipped model's name
+    (an unknown name is refused with the list of shipped ones). Whether the files load is
+    checked when the model loads, still before any work."""
+    try:
+        check_model(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_model_option(parser) -> None:
+    """``--model NAME_OR_DIR``, the one option every command that uses a model takes.
+
+    Left out, it is None, which :func:`vidiff.pipelines.video.load` reads as the shipped
+    ``shapes``: a string default would be checked before argparse reports a missing required
+    option, and a build without ``shapes`` would then hide that message behind its own."""
+    parser.add_argument("--model", type=model_type, default=None, metavar="NAME_OR_DIR",
+                        help=f"a shipped model's name (vidiff models --pretrained) or a checkpoint or "
+                             f"run directory (default: {DEFAULT_MODEL})")
 
 
 def dataset_type(text: str) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vidiff.cli.common import (csv_list, dataset_type, device_type, existing_dir, existing_file, int_at_least,
-                               json_out, nonnegative_float, one_of, output_file, positive_int, seed_type,
-                               text_type, write_json)
+from vidiff.cli.common import (add_model_option, csv_list, dataset_type, device_type, existing_dir, existing_file,
+                               int_at_least, json_out, nonnegative_float, one_of, output_file, positive_int,
+                               seed_type, text_type, write_json)
 from vidiff.data import build_dataset
 from vidiff.diffusion import SAMPLERS
 from vidiff.eval.adherence import format_report, shapes_adherence
@@ -79,7 +79,7 @@ def add_eval(sub) -> None:
                                           "reads them back with the MovingShapes detector and prints "
                                           "adherence and per-attribute accuracy. Several --steps or "
                                           "--samplers run the steps-versus-quality study (JSON + PNG).")
-    shapes.add_argument("--model", required=True, metavar="DIR")
+    add_model_option(shapes)
     shapes.add_argument("--samples", type=positive_int, default=4)
     shapes.add_argument("--steps", type=csv_list(positive_int), default=[DEFAULTS.steps], help="step counts, e.g. 10,20,50")
     shapes.add_argument("--sampler", type=one_of("sampler", SAMPLERS), help=f"one sampler (default {DEFAULTS.sampler})")

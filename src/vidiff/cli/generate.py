@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidiff.cli.common import (device_type, existing_file, nonnegative_float, one_of, positive_int, seed_type,
-                               text_type, unit_interval, video_out)
+from vidiff.cli.common import (add_model_option, device_type, existing_file, nonnegative_float, one_of,
+                               positive_int, seed_type, text_type, unit_interval, video_out)
 from vidiff.diffusion import SAMPLERS
 from vidiff.pipelines.video import DEFAULTS, load
 from vidiff.video import Video
@@ -15,7 +15,7 @@ def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text (or nothing) to video with a trained model",
                        description="Samples videos from a trained model. Sample k of each prompt "
                                    "uses seed + k.")
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory")
+    add_model_option(p)
     p.add_argument("--prompt", type=text_type, help="the text prompt")
     p.add_argument("--prompts", type=existing_file, metavar="FILE", help="a file with one prompt per line")
     p.add_argument("--negative-prompt", type=text_type, help="steer away from this text")

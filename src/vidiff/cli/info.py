@@ -8,24 +8,82 @@ from vidiff.cli.common import (csv_list, existing_path, int_at_least, json_out, 
 from vidiff.diffusion import SAMPLERS, SCHEDULES, Schedule
 from vidiff.diffusion.gaussian import check_samplers
 from vidiff.models.registry import describe_sizes
+from vidiff.pipelines.shipped import BUDGET_BYTES, MB, shipped_dir, shipped_models
 from vidiff.video import Video
+
+SHOWN_SCORES = 6            # scores listed per shipped model; card.json holds them all
 
 
 # ----------------------------------------------------------------------------- models
 def add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the named model sizes with parameters and FLOPs",
+    p = sub.add_parser("models", help="list the named model sizes, or the shipped models (--pretrained)",
                        description="Lists every registry size: architecture, parameter count and "
-                                   "GFLOP of one forward pass on an unconditional clip.")
+                                   "GFLOP of one forward pass on an unconditional clip. With "
+                                   "--pretrained, the trained models shipped with vidiff instead.")
     p.add_argument("--frames", type=positive_int, default=16)
     p.add_argument("--size", type=positive_int, default=32, help="frame side in pixels (default 32)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the shipped models: training data, size, train command and scores")
     p.set_defaults(run=run_models)
 
 
 def run_models(args) -> int:
+    if args.pretrained:
+        print(format_shipped(shipped_models(), shipped_dir()))
+        return 0
     print(f"{'name':<12}{'arch':<6}{'parameters':>14}{f'GFLOP ({args.frames}x{args.size}x{args.size})':>22}")
     for row in describe_sizes(args.frames, args.size):
         print(f"{row['name']:<12}{row['arch']:<6}{row['parameters']:>14,}{row['gflop']:>22.1f}")
     return 0
+
+
+def format_shipped(rows: list[dict], folder) -> str:
+    """``vidiff models --pretrained``: a block per shipped model (one line when there are none)."""
+    if not rows:
+        return f"no shipped models are installed in this build of vidiff ({str(folder)!r} holds none)"
+    lines = []
+    for row in rows:
+        card = row["card"]
+        if card is None:
+            lines += [f"{row['name']}: damaged", f"  {row['problem']}"]
+            continue
+        lines += [f"{row['name']}: {card['description'] or '(no description)'}",
+                  f"  model        {card['model']} {card['kind']}, text encoder: {card['text']}",
+                  f"  trained on   {_trained_on(card['trained_on'] or {})}",
+                  f"  size         {card['parameters']:,} parameters, {row['bytes'] / MB:.1f} MB on disk "
+                  f"({card['dtype']})",
+                  f"  trained by   {card['command']}  ({card['steps']:,} steps of batch {card['batch_size']})",
+                  f"  scores       {_scores(card['scores'])}"]
+    total = sum(row["bytes"] for row in rows)
+    lines.append(f"{len(rows)} shipped model{'s' * (len(rows) != 1)}, {total / MB:.1f} MB of the "
+                 f"{BUDGET_BYTES / MB:g} MB budget, in {str(folder)!r}")
+    return "\n".join(lines)
+
+
+def _trained_on(data: dict) -> str:
+    text = f"{data.get('name')}, {data.get('frames')} frames of {data.get('size')}x{data.get('size')}"
+    held_out = data.get("held_out")
+    if isinstance(held_out, list) and held_out:
+        held_out = f"{len(held_out)} triples"
+    return text + (f", held out: {held_out}" if held_out else "")
+
+
+def _scores(scores: dict) -> str:
+    """Numeric scores as ``key value`` (nested keys dotted, run settings left out)."""
+    flat = []
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k != "settings":
+                    walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat.append(f"{key} {value:.4g}")
+    walk(scores, "")
+    if not flat:
+        return "(none measured)"
+    more = len(flat) - SHOWN_SCORES
+    return ", ".join(flat[:SHOWN_SCORES]) + (f" (and {more} more in card.json)" if more > 0 else "")
 
 
 # ----------------------------------------------------------------------------- check

@@ -30,6 +30,7 @@ from vidiff.compose.config import SampleConfig
 from vidiff.conditioning import Conditioning
 from vidiff.diffusion import SAMPLERS, GuidedDenoiser, NetworkDenoiser, Schedule, sample
 from vidiff.models.layers import sampling_step, set_sampling_step
+from vidiff.pipelines.shipped import DEFAULT_MODEL, resolve_model
 from vidiff.video import DEFAULT_FPS, Video
 
 # Largest difference (in [-1, 1] units) between a sample drawn alone and the same sample drawn
@@ -252,7 +253,10 @@ class VideoPipeline:
             bar.close()
 
 
-def load(path: Union[str, Path], device=None, ema: bool = True,
+def load(model: Union[str, Path, None] = DEFAULT_MODEL, device=None, ema: bool = True,
          text_encoder_path: Optional[str] = None) -> VideoPipeline:
-    """``vidiff.load(DIR)``: a :class:`VideoPipeline` from a checkpoint or run directory."""
-    return VideoPipeline.from_pretrained(path, device=device, ema=ema, text_encoder_path=text_encoder_path)
+    """``vidiff.load(NAME_OR_DIR)``: a :class:`VideoPipeline` from a shipped model's name
+    (default ``"shapes"``; see :mod:`vidiff.pipelines.shipped`) or a checkpoint or run
+    directory. A path that exists wins over a name."""
+    return VideoPipeline.from_pretrained(resolve_model(model), device=device, ema=ema,
+                                         text_encoder_path=text_encoder_path)
