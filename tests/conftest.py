@@ -2,6 +2,9 @@
 import pytest
 import torch
 
+from vidiff.train.config import load_run_config
+from vidiff.train.run import train
+
 
 @pytest.fixture(scope="module")
 def one_thread():
@@ -12,3 +15,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A run directory of a tiny text-to-video U-Net trained one step on 4-frame 16x16
+    MovingShapes (demo triples held out): for command tests that need a real checkpoint."""
+    out = tmp_path_factory.mktemp("tiny-run")
+    smaller = {"channels": [8, 16], "norm_groups": 4, "patch": 2, "spatial_attention": [],
+               "temporal_attention": [], "mid_attention": False}
+    base = {"model": {"size": "unet-tiny", "overrides": smaller},
+            "data": {"name": "shapes", "frames": 4, "size": 16, "held_out": "demo"},
+            "text": {"dim": 16, "depth": 1, "heads": 2},
+            "train": {"steps": 1, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1}}
+    train(load_run_config(None, [f"train.out_dir={out}"], base=base), progress=False)
+    return out

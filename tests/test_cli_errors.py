@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from vidiff.cli import build_parser, main
+from vidiff.pipelines.shipped import SHIPPED_DIR_ENV
 from vidiff.train.config import load_run_config
 from vidiff.train.run import train
 from vidiff.video import Video
@@ -90,6 +91,11 @@ CASES = [
     ("generate --model {den} --out {corrupt}/o.mp4", "is a file, not a folder"),
     ("generate --model {missing} --out {out}/o.mp4", "does not exist"),
     ("generate --model {vae} --out {out}/o.mp4", "holds a model of kind 'autoencoder', not the 'denoiser'"),
+    # shipped models are looked up in {out}/shipped, which holds none
+    ("generate --model nosuch --out {out}/o.mp4", "argument --model: unknown model 'nosuch': neither a "
+                                                  "shipped model (no shipped models are installed)"),
+    ("generate --out {out}/o.mp4", "shipped model 'shapes' is not installed in this build"),   # when it loads
+    ("eval shapes --model digits", "argument --model: shipped model 'digits' is not installed"),
     (G + " --height 17", "divisible by 4"),                                          # after loading
     (G + " --width 6", "divisible by 4"),
     (R.replace("{clip}", "{corrupt}"), "cannot read"),
@@ -136,6 +142,19 @@ CASES = [
     ("eval train-features --out {out}/f.pt", "unknown extension '.pt'; accepted: .safetensors"),
     ("eval train-features --out {out}/f.safetensors --steps 0", "argument --steps: must be an integer >= 1"),
     ("eval train-features --out {out}/f.safetensors --threads -1", "argument --threads: must be an integer >= 1"),
+    ("ship {missing} --name x", "argument RUN_OR_CHECKPOINT: no such file or folder"),
+    ("ship {clip} --name x", "is neither a checkpoint"),
+    ("ship {den} --name ../x", "argument --name: model name '../x' is not accepted"),
+    ("ship {den} --name x --scores {missing}.json", "argument --scores: no such file"),
+    ("ship {den} --name x --scores {broken}", "is not valid JSON"),
+    ("ship {den} --name x --description ''", "argument --description: expected non-blank text"),
+    ("ship {vae} --name x --command ' '", "argument --command: expected non-blank text"),
+    ("synth --model {den} --n 0 --out {out}/s", "argument --n/-n: must be an integer >= 1, got '0'"),
+    ("synth --model {den} -n 2 --out {corrupt}", "argument --out: '"),
+    ("synth --model {den} -n 2 --out {out}/s --held-out some", "argument --held-out: unknown held-out mode 'some'"),
+    ("synth --model {den} -n 2 --out {out}/s --format avi", "argument --format: unknown clip format 'avi'"),
+    ("synth --model {vae} -n 2 --out {out}/s", "holds a model of kind 'autoencoder', not the 'denoiser'"),
+    ("synth --model {den} -n 2 --out {clips}", "is not empty and holds no synth.json"),   # after loading
     ("models --frames 0", "argument --frames: must be an integer >= 1, got '0'"),
     ("models --size 1.5", "argument --size: expected an integer >= 1, got '1.5'"),
     ("check --samplers dpm", "unknown sampler 'dpm'; accepted: ddpm, ddim, euler, heun, dpmpp_2m"),
@@ -180,6 +199,7 @@ def test_the_walk_covers_every_subcommand():
 @pytest.mark.parametrize("command, message", CASES, ids=[c for c, _ in CASES])
 def test_bad_value_is_one_line_exit_2_and_writes_nothing(command, message, inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)          # default outputs (eval-*.json, runs/) would land here too
+    monkeypatch.setenv(SHIPPED_DIR_ENV, str(tmp_path / "shipped"))   # and what `vidiff ship` writes
     before = _listing(inputs)
     argv = shlex.split(command.format(**_paths(inputs, tmp_path)))
     assert main(argv) == 2
@@ -196,7 +216,7 @@ def test_unknown_commands_and_missing_options_are_one_line(capsys):
     for argv, message in ((["render"], "vidiff: error: argument COMMAND: invalid choice: 'render'"),
                           (["eval", "fid"], "vidiff eval: error: argument METRIC: invalid choice: 'fid'"),
                           (["generate"], "vidiff generate: error: the following arguments are required: "
-                                         "--model, --out"),
+                                         "--out"),          # --model defaults to the shipped `shapes`
                           (["models", "--colour", "red"], "vidiff: error: unrecognized arguments: --colour red")):
         assert main(argv) == 2
         lines = capsys.readouterr().err.splitlines()
@@ -205,7 +225,7 @@ def test_unknown_commands_and_missing_options_are_one_line(capsys):
 
 def test_boundary_values_are_accepted():
     args = build_parser().parse_args(
-        ["generate", "--model", "m", "--out", "frames/", "--frames", "1", "--height", "1", "--guidance", "0",
+        ["generate", "--model", ".", "--out", "frames/", "--frames", "1", "--height", "1", "--guidance", "0",
          "--guidance-rescale", "1", "--seed", str(2 ** 32 - 1), "--steps", "1", "--device", "cpu"])
     assert (args.frames, args.height, args.guidance, args.guidance_rescale, args.seed, args.steps) == \
         (1, 1, 0.0, 1.0, 2 ** 32 - 1, 1)
@@ -218,9 +238,10 @@ def test_values_are_refused_before_a_model_loads(inputs, monkeypatch, tmp_path, 
     loaded = []
     monkeypatch.setattr("vidiff.cli.generate.load", lambda *args, **kwargs: loaded.append(args))
     monkeypatch.setattr("vidiff.cli.latent.load_autoencoder", lambda *args, **kwargs: loaded.append(args))
-    for argv in (["generate", "--model", "m", "--out", str(tmp_path / "o.xyz")],
-                 ["generate", "--model", "m", "--out", str(tmp_path / "o.mp4"), "--guidance", "nan"],
-                 ["generate", "--model", "m", "--out", str(tmp_path / "o.mp4"), "--frames", "0"],
+    den = str(inputs / "den")        # a real model: only the value under test is wrong
+    for argv in (["generate", "--model", den, "--out", str(tmp_path / "o.xyz")],
+                 ["generate", "--model", den, "--out", str(tmp_path / "o.mp4"), "--guidance", "nan"],
+                 ["generate", "--model", den, "--out", str(tmp_path / "o.mp4"), "--frames", "0"],
                  ["reconstruct", str(inputs / "corrupt.mp4"), "--vae", "m", "--out", str(tmp_path / "r.mp4")]):
         assert main(argv) == 2
     assert loaded == [] and _listing(tmp_path) == []

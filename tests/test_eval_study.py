@@ -61,21 +61,6 @@ def test_bad_grid_fails_before_generating():
     assert pipe.calls == []
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from vidiff.train.config import load_run_config
-    from vidiff.train.run import train
-    out = tmp_path_factory.mktemp("run")
-    smaller = {"channels": [8, 16], "norm_groups": 4, "patch": 2, "spatial_attention": [],
-               "temporal_attention": [], "mid_attention": False}
-    base = {"model": {"size": "unet-tiny", "overrides": smaller},
-            "data": {"name": "shapes", "frames": 4, "size": 16, "held_out": "demo"},
-            "text": {"dim": 16, "depth": 1, "heads": 2},
-            "train": {"steps": 1, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1}}
-    train(load_run_config(None, [f"train.out_dir={out}"], base=base), progress=False)
-    return out
-
-
 def test_cli_study_and_single_setting_on_a_tiny_model(tiny_model, tmp_path, capsys):
     import vidiff
     study = tmp_path / "study.json"

@@ -23,12 +23,14 @@ from vidiff.cli.eval import add_eval
 from vidiff.cli.generate import add_generate
 from vidiff.cli.info import add_check, add_convert, add_models, add_schedule
 from vidiff.cli.latent import add_cache_latents, add_reconstruct
+from vidiff.cli.ship import add_ship
+from vidiff.cli.synth import add_synth
 from vidiff.cli.train import add_demo, add_train
 
 
 # ----------------------------------------------------------------------------- main
-COMMANDS = [add_demo, add_train, add_generate, add_reconstruct, add_cache_latents, add_eval, add_models,
-            add_check, add_schedule, add_convert]
+COMMANDS = [add_demo, add_train, add_generate, add_synth, add_reconstruct, add_cache_latents, add_eval,
+            add_models, add_ship, add_check, add_schedule, add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
