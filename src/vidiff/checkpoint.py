@@ -81,6 +81,13 @@ def write_file_atomic(path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def update_digest(digest, file: Path) -> None:
+    """Feed ``file``'s bytes to a hashlib ``digest``, a megabyte at a time (constant memory)."""
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
 def write_json_atomic(path: Path, data) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
     write_file_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))

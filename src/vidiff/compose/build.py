@@ -16,7 +16,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vidiff.checkpoint import CheckpointError, read_config, read_weights, resolve_checkpoint, submodule_state
+from vidiff.checkpoint import (
+    CheckpointError, read_config, read_weights, resolve_checkpoint, submodule_state, update_digest,
+)
 from vidiff.compose.config import RunConfig
 from vidiff.config import from_dict
 from vidiff.models.registry import architecture_of, build_from_config, resolve_config
@@ -91,9 +93,7 @@ def autoencoder_fingerprint(path) -> str:
     for name in ("config.json", "ema.safetensors", "model.safetensors"):
         file = path / name
         if file.is_file():
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+            update_digest(digest, file)
     return digest.hexdigest()[:16]
 
 

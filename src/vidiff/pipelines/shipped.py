@@ -35,7 +35,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from vidiff import __version__
-from vidiff.checkpoint import CheckpointError, read_config, resolve_checkpoint, write_atomic_dir
+from vidiff.checkpoint import CheckpointError, read_config, resolve_checkpoint, update_digest, write_atomic_dir
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "shipped"
 SHIPPED_DIR_ENV = "VIDIFF_SHIPPED_DIR"      # another folder of shipped models (tests, private builds)
@@ -163,9 +163,7 @@ def verify(folder: Path) -> dict:
 
 def _sha256(file: Path) -> str:
     digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    update_digest(digest, file)
     return digest.hexdigest()
 
 
