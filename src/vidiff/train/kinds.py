@@ -72,7 +72,8 @@ def _denoiser_trainer(run: RunConfig, dataset, resume: Optional[str], progress: 
         network, text_encoder, run.diffusion,
         text_dropout=run.train.text_dropout if text_encoder is not None else 0.0,
         frame_stride=getattr(network.config, "frame_stride", False), vae=vae)
-    checkpoint_config = {"kind": "denoiser", **network_spec(network), "run": to_dict(run), "fps": _fps(dataset)}
+    checkpoint_config = {"kind": run_kind(run).checkpoint_kind, **network_spec(network), "run": to_dict(run),
+                         "fps": _fps(dataset)}
 
     def save_extra(tmp: Path, weights: dict) -> None:
         if text_encoder is not None:
@@ -113,7 +114,7 @@ def _autoencoder_trainer(run: RunConfig, dataset, resume: Optional[str], progres
         shift, scale = estimate_scaling(vae, weights, dataset, run.autoencoder.scaling_batches,
                                         run.train.batch_size)
         network = {**to_dict(vae.config), "shift_factor": shift, "scaling_factor": scale}
-        return {"kind": "autoencoder", "arch": "vae", "network": network, "run": to_dict(run),
+        return {"kind": run_kind(run).checkpoint_kind, "arch": "vae", "network": network, "run": to_dict(run),
                 "fps": _fps(dataset)}
 
     return Trainer(objective, dataset, run.train, checkpoint_config, progress=progress)
