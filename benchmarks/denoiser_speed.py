@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import os
 import platform
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from vidiff.conditioning import Conditioning
 from vidiff.models.flops import count_flops
 from vidiff.models.unet import UNET_MODELS, UNet3D, UNetConfig
+from vidiff.train.trainer import keep_freed_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,22 +62,6 @@ TRAIN_DIFFUSERS = dict(in_channels=3, channels=(32, 64), layers=2, cross_levels=
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def tune_malloc() -> bool:
-    """Keep freed memory inside the process (glibc malloc), for both models alike.
-
-    By default glibc returns every large block to the kernel when it is freed, so each
-    training step page-faults its activations back in (about 2.4 GB of fresh pages and up to
-    a second of system time per demo step on this machine); raising the mmap and trim
-    thresholds reuses the memory, as jemalloc or tcmalloc would.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
@@ -212,14 +196,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, all)")
     parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc malloc's thresholds alone (see tune_malloc)")
+                        help="leave glibc malloc's thresholds alone (see vidiff.train.trainer.keep_freed_memory)")
     parser.add_argument("--skip-train", action="store_true", help="only the forward comparison")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    tuned = device.type == "cpu" and not args.default_malloc and tune_malloc()
+    tuned = device.type == "cpu" and not args.default_malloc and keep_freed_memory()
     peak, n = matmul_peak(device, dtype)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.machine()} CPU, {torch.get_num_threads()} threads"

@@ -100,6 +100,16 @@ def autoencoder_config_for(latent: RunConfig) -> Path:
                          f"under configs/ (their train.out_dir)")
 
 
+def stage_config_for(run: RunConfig) -> Path:
+    """The config under configs/ whose run writes ``run.train.init_from`` (an earlier stage)."""
+    for path in CONFIGS:
+        earlier = load_run_config(str(path))
+        if Path(earlier.train.out_dir) == Path(run.train.init_from):
+            return path
+    raise AssertionError(f"train.init_from: {run.train.init_from!r} is written by no config under "
+                         f"configs/ (their train.out_dir)")
+
+
 def _torchrun(path: Path, overrides: list[str], processes: int) -> None:
     """The documented command, ``torchrun --nproc_per_node N -m vidiff train CONFIG``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -125,6 +135,8 @@ def tiny_run(tmp_path_factory, one_thread):
             out = tmp_path_factory.mktemp(path.stem)
             processes = 2 if full.train.fsdp else 1
             overrides = tiny_overrides(full, out, vae_dir, processes)
+            if full.train.init_from:      # a later stage starts from its earlier stage's tiny run
+                overrides.append(f"train.init_from={tiny_run_dir(stage_config_for(full))}")
             if processes > 1:
                 # 2 CPU processes over gloo. bf16 collectives are not what gloo is for (slow or
                 # refused), so the sharded run computes in fp32; the bf16 autocast path itself
@@ -168,6 +180,19 @@ def test_latent_config_chains_to_its_autoencoder(path):
     vae = load_run_config(str(autoencoder_config_for(latent)))
     assert (latent.data.name, latent.data.frames, latent.data.size) == \
         (vae.data.name, vae.data.frames, vae.data.size)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if load_run_config(str(p)).train.init_from],
+                         ids=lambda p: p.name)
+def test_staged_config_continues_its_earlier_stage(path):
+    """A config that starts from another's run keeps everything the weights depend on: the
+    network, the schedule (its shift above all: it fixes what each diffusion time means), the
+    parameterization, the text encoder and the data set (its vocabulary and held-out triples)."""
+    later = load_run_config(str(path))
+    earlier = load_run_config(str(stage_config_for(later)))
+    for part in ("model", "diffusion", "text"):
+        assert to_dict(getattr(later, part)) == to_dict(getattr(earlier, part)), part
+    assert (later.data.name, later.data.held_out) == (earlier.data.name, earlier.data.held_out)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_ids(CONFIGS))

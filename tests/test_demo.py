@@ -40,6 +40,11 @@ def test_adherence_counts_every_triple_and_separates_held_out():
     assert wrong["seen"]["color_accuracy"] == 0.0 and wrong["seen"]["adherence"] == 0.0
     assert wrong["seen"]["shape_accuracy"] == 1.0 and wrong["seen"]["direction_accuracy"] == 1.0
     assert "held_out" in format_report(report)
+    # a subset of triples: only those are drawn, still split into seen and held out
+    pipe = RenderingPipe()
+    some = shapes_adherence(pipe, DEMO_HELD_OUT, samples=3, progress=False,
+                            triples=[("red", "circle", "right"), ("cyan", "square", "up"), DEMO_HELD_OUT[0]])
+    assert (some["seen"]["count"], some["held_out"]["count"], sum(pipe.calls)) == (6, 3, 9)
 
 
 def test_patch_stem_keeps_output_size_and_residual_shapes():

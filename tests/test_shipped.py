@@ -124,6 +124,14 @@ def test_load_defaults_to_shapes_and_an_existing_path_wins(run_dir, folder, tmp_
     frames = tmp_path / "frames"
     assert main(["generate", "--prompt", PROMPT, "--steps", "1", "--out", str(frames)]) == 0   # no --model
     assert np.array_equal(Video.load(frames).frames, vidiff.load().generate(PROMPT, steps=1).frames)
+    # The README's main job: several --prompt, --samples each, one grid (a row per prompt).
+    other = "a blue square moving up"
+    grid = tmp_path / "grid"
+    assert main(["generate", "--prompt", PROMPT, "--prompt", other, "--samples", "2", "--steps", "1",
+                 "--grid", "--out", str(grid)]) == 0
+    clips = vidiff.load().generate([PROMPT, other], steps=1, samples=2)
+    assert np.array_equal(Video.load(grid).frames, Video.grid(clips, cols=2).frames)
+    assert Video.load(grid).frames.shape == (4, 2 * 16 + 2, 2 * 16 + 2, 3)
     # A folder called "shapes" here is a path that exists: it wins over the shipped name.
     monkeypatch.chdir(tmp_path)
     shutil.copytree(resolve_checkpoint(run_dir), tmp_path / "shapes")

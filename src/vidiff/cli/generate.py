@@ -16,7 +16,8 @@ def add_generate(sub) -> None:
                        description="Samples videos from a trained model. Sample k of each prompt "
                                    "uses seed + k.")
     add_model_option(p)
-    p.add_argument("--prompt", type=text_type, help="the text prompt")
+    p.add_argument("--prompt", type=text_type, action="append",
+                   help="the text prompt; repeat it for several prompts (one video each, or one --grid)")
     p.add_argument("--prompts", type=existing_file, metavar="FILE", help="a file with one prompt per line")
     p.add_argument("--negative-prompt", type=text_type, help="steer away from this text")
     p.add_argument("--frames", type=positive_int, help="length of the video written (default: training length)")
@@ -39,7 +40,7 @@ def run_generate(args) -> int:
 
     if args.prompt is not None and args.prompts is not None:
         raise ValueError("give --prompt or --prompts, not both")
-    prompts = [args.prompt] if args.prompt is not None else None
+    prompts = args.prompt
     if args.prompts is not None:
         prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
         if not prompts:

@@ -22,8 +22,9 @@ def shapes_adherence(pipe, held_out: Sequence[tuple[str, str, str]] = (), sample
                      steps: int = DEFAULTS.steps, sampler: str = DEFAULTS.sampler,
                      guidance: float = DEFAULTS.guidance,
                      seed: int = 0, batch: int = 64, progress: bool = True,
-                     on_videos: Optional[Callable[[str, list], None]] = None) -> dict:
-    """Score ``pipe`` on ``samples`` clips of every MovingShapes triple.
+                     on_videos: Optional[Callable[[str, list], None]] = None,
+                     triples: Optional[Sequence[tuple[str, str, str]]] = None) -> dict:
+    """Score ``pipe`` on ``samples`` clips of every MovingShapes triple (or of ``triples``).
 
     Returns ``{"seen": {...}, "held_out": {...} (if any), "seconds_per_clip", "settings"}``
     where each part holds ``adherence`` and per-attribute accuracies (see
@@ -31,8 +32,8 @@ def shapes_adherence(pipe, held_out: Sequence[tuple[str, str, str]] = (), sample
     videos)`` receives each part's generated clips (a list of ``Video``) after the timing.
     """
     held = {tuple(t) for t in held_out}
-    groups = {"seen": [t for t in all_triples() if t not in held],
-              "held_out": [t for t in all_triples() if t in held]}
+    scored = all_triples() if triples is None else [tuple(t) for t in triples]
+    groups = {"seen": [t for t in scored if t not in held], "held_out": [t for t in scored if t in held]}
     report = {"settings": {"samples": samples, "steps": steps, "sampler": sampler,
                            "guidance": guidance, "seed": seed}}
     bar = None
