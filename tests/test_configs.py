@@ -90,24 +90,25 @@ def tiny_overrides(run: RunConfig, out_dir: Path, vae_dir=None, processes: int =
     return overrides
 
 
-def autoencoder_config_for(latent: RunConfig) -> Path:
-    """The config under configs/ whose autoencoder run writes ``latent.model.vae``."""
+def config_writing(out_dir: str, key: str, kind: str = None) -> Path:
+    """The config under configs/ (of run ``kind``, if given) whose ``train.out_dir`` is
+    ``out_dir``, the value of another config's ``key``."""
     for path in CONFIGS:
         run = load_run_config(str(path))
-        if run.kind == "autoencoder" and Path(run.train.out_dir) == Path(latent.model.vae):
+        if (kind is None or run.kind == kind) and Path(run.train.out_dir) == Path(out_dir):
             return path
-    raise AssertionError(f"model.vae: {latent.model.vae!r} is written by no autoencoder config "
+    raise AssertionError(f"{key}: {out_dir!r} is written by no {kind + ' ' if kind else ''}config "
                          f"under configs/ (their train.out_dir)")
+
+
+def autoencoder_config_for(latent: RunConfig) -> Path:
+    """The config under configs/ whose autoencoder run writes ``latent.model.vae``."""
+    return config_writing(latent.model.vae, "model.vae", kind="autoencoder")
 
 
 def stage_config_for(run: RunConfig) -> Path:
     """The config under configs/ whose run writes ``run.train.init_from`` (an earlier stage)."""
-    for path in CONFIGS:
-        earlier = load_run_config(str(path))
-        if Path(earlier.train.out_dir) == Path(run.train.init_from):
-            return path
-    raise AssertionError(f"train.init_from: {run.train.init_from!r} is written by no config under "
-                         f"configs/ (their train.out_dir)")
+    return config_writing(run.train.init_from, "train.init_from")
 
 
 def _torchrun(path: Path, overrides: list[str], processes: int) -> None:

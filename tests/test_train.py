@@ -209,7 +209,7 @@ def test_set_total_steps_replans_the_schedule(tmp_path):
 
 
 MALLOC_PROBE = """
-import resource, sys, torch
+import resource, torch
 from vidiff.train.trainer import keep_freed_memory
 
 def faults(rounds=8, mb=64):
