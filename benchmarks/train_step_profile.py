@@ -3,10 +3,11 @@
 Builds a registry size (default ``unet-demo``, as the demo and the shipped ``shapes`` model
 train it: frame-index embedding, 128-wide text), runs ``--steps`` profiled training steps
 (forward, MSE loss, backward, no optimizer) after a warm-up, and prints each group's share
-of the step next to its share of the FLOPs, then the top ops. Groups: convolution (forward
-and backward), matmul (linears, attention projections), attention kernels, normalisation,
-elementwise (activations, FiLM, adds), layout copies, and the rest. A group whose time share
-far exceeds its FLOP share is where a step loses its speed. The last line is the headline::
+of the op time, then the top ops. Groups: convolution (forward and backward), matmul
+(linears, attention projections), attention kernels, normalisation, elementwise
+(activations, FiLM, adds), layout copies, and the rest. Compared between two machines, the
+group whose share grows is where the slower one loses its speed. The last line is the
+headline::
 
     headline: unet-demo training step X ms, Y GFLOP/s, Z% of the matmul peak
 

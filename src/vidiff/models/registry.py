@@ -1,8 +1,9 @@
 """One registry of named model sizes across architectures, and the one way to build a network.
 
 ``MODELS["unet-demo"]`` is a config dataclass;
-``build_from_config("dit", resolve_config("dit-s/2", {"text_dim": 256}))`` builds it. A checkpoint stores the architecture name and the full resolved config, so it
-reloads even if the registry's sizes change later.
+``build_from_config("dit", resolve_config("dit-s/2", {"text_dim": 256}))`` builds it. A
+checkpoint stores the architecture name and the full resolved config, so it reloads even if
+the registry's sizes change later.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from vidiff.train.objective import SampleDraws
 
 
 #################################################################################
-#                               Distributed setup                               #
+#                                  CPU memory                                   #
 #################################################################################
 
 
@@ -52,6 +52,11 @@ def keep_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+#################################################################################
+#                               Distributed setup                               #
+#################################################################################
 
 
 class Dist:
