@@ -164,6 +164,24 @@ def read_weights(path, ema: bool = True) -> dict[str, torch.Tensor]:
     return load_file(str(path / name))
 
 
+def grow_input_channels(state: dict[str, torch.Tensor],
+                        target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every tensor whose dimension 1 (input channels or features) is smaller
+    than in ``target`` zero-padded at the end of that dimension; other mismatches are left for
+    ``load_state_dict`` to refuse. Networks concatenate new condition channels after ``x_t``,
+    so the checkpoint's channels keep their meaning and the new ones start with no effect."""
+    out = dict(state)
+    for name, old in state.items():
+        new = target.get(name)
+        if new is None or new.shape == old.shape or new.ndim != old.ndim or old.ndim < 2:
+            continue
+        if new.shape[0] == old.shape[0] and new.shape[2:] == old.shape[2:] and new.shape[1] > old.shape[1]:
+            grown = torch.zeros(new.shape, dtype=old.dtype)
+            grown[:, :old.shape[1]] = old
+            out[name] = grown
+    return out
+
+
 def read_trainer_state(path) -> dict:
     path = resolve_checkpoint(path)
     file = path / "trainer_state.pt"

@@ -20,6 +20,7 @@ from typing import Optional
 from vidiff import __version__
 from vidiff.cli.common import Parser
 from vidiff.cli.eval import add_eval
+from vidiff.cli.frames import FRAME_COMMANDS
 from vidiff.cli.generate import add_generate
 from vidiff.cli.info import add_check, add_convert, add_models, add_schedule
 from vidiff.cli.latent import add_cache_latents, add_reconstruct
@@ -29,7 +30,7 @@ from vidiff.cli.train import add_demo, add_train
 
 
 # ----------------------------------------------------------------------------- main
-COMMANDS = [add_demo, add_train, add_generate, add_synth, add_reconstruct, add_cache_latents, add_eval,
+COMMANDS = [add_demo, add_train, add_generate, *FRAME_COMMANDS, add_synth, add_reconstruct, add_cache_latents, add_eval,
             add_models, add_ship, add_check, add_schedule, add_convert]
 
 

@@ -21,7 +21,10 @@ import torch
 
 from vidiff.checkpoint import write_json_atomic
 from vidiff.data import BUILTIN
+from vidiff.diffusion import FRAME_METHODS, SAMPLERS
+from vidiff.pipelines.frames import SCHEMES, parse_prompt_schedule
 from vidiff.pipelines.shipped import DEFAULT_MODEL, check_model
+from vidiff.pipelines.video import DEFAULTS
 from vidiff.video import SAVE_EXTENSIONS
 
 Type = Callable[[str], object]
@@ -249,3 +252,67 @@ def output_dir(text: str) -> str:
 def write_json(path: str, data) -> None:
     """Write JSON atomically (a temporary file, then a rename)."""
     write_json_atomic(Path(path), data)
+
+
+# ----------------------------------------------------------------------------- shared options
+def add_sampling_options(p, samples: bool = True) -> None:
+    """The options every sampling command shares (DESIGN: the same meaning everywhere)."""
+    add_model_option(p)
+    p.add_argument("--negative-prompt", type=text_type, help="steer away from this text")
+    p.add_argument("--steps", type=positive_int, default=DEFAULTS.steps)
+    p.add_argument("--sampler", type=one_of("sampler", SAMPLERS), default=DEFAULTS.sampler)
+    p.add_argument("--guidance", type=nonnegative_float, default=DEFAULTS.guidance, help="1 = off")
+    p.add_argument("--seed", type=seed_type, default=0)
+    if samples:
+        p.add_argument("--samples", type=positive_int, default=1,
+                       help="variations, written as OUT_0, OUT_1, ... when more than one")
+    p.add_argument("--out", type=video_out, required=True,
+                   help="output path; the extension picks the container (.mp4, .webm, .gif; none: PNG folder)")
+    p.add_argument("--device", type=device_type, help="cpu, cuda, ... (default: cuda if available)")
+
+
+def add_frame_options(p) -> None:
+    """How known frames condition the sample, for every frame-conditioned command."""
+    p.add_argument("--method", type=one_of("method", FRAME_METHODS), default=None,
+                   help="mask: the known frames enter the network (default for mask-trained models); "
+                        "guidance: reconstruction guidance (default otherwise); replace: the baseline")
+    p.add_argument("--guidance-weight", type=nonnegative_float, default=1.0,
+                   help="reconstruction guidance weight (--method guidance)")
+
+
+def add_long_options(p) -> None:
+    """Window-by-window generation of long clips (generate and extend)."""
+    p.add_argument("--prompt-schedule", type=existing_file, metavar="FILE",
+                   help="a file of 'FRAME PROMPT' lines: the prompt changes at those frames")
+    p.add_argument("--scheme", type=one_of("scheme", SCHEMES), default="autoregressive",
+                   help="autoregressive: sliding windows; hierarchical: keyframes first, then fill")
+    p.add_argument("--overlap", type=positive_int, help="known frames each new window starts with "
+                                                         "(default: a quarter of the model's window)")
+    p.add_argument("--stride", type=positive_int, default=4, help="keyframe spacing of --scheme hierarchical")
+
+
+def sampling_kwargs(args) -> dict:
+    """The pipeline keywords of :func:`add_sampling_options` and :func:`add_frame_options`."""
+    kwargs = dict(steps=args.steps, sampler=args.sampler, guidance=args.guidance, seed=args.seed,
+                  negative_prompt=args.negative_prompt, progress=True)
+    if hasattr(args, "method"):
+        kwargs.update(method=args.method, guidance_weight=args.guidance_weight)
+    return kwargs
+
+
+def long_kwargs(args) -> dict:
+    schedule = None
+    if args.prompt_schedule is not None:
+        schedule = parse_prompt_schedule(Path(args.prompt_schedule).read_text().splitlines())
+    return dict(prompt_schedule=schedule, scheme=args.scheme, overlap=args.overlap, stride=args.stride)
+
+
+def write_videos(videos, out: str) -> None:
+    """One video to ``out``; several to ``OUT_0``, ``OUT_1``, ... (same extension)."""
+    videos = videos if isinstance(videos, list) else [videos]
+    path = Path(out)
+    targets = [path] if len(videos) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}")
+                                               for i in range(len(videos))]
+    for video, target in zip(videos, targets):
+        video.save(target)
+        print(f"wrote {target}")

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from vidiff.config import ConfigError
 from vidiff.data import DataConfig
 from vidiff.diffusion import (
-    DEFAULT_SAMPLER, DEFAULT_STEPS, LOSS_WEIGHTINGS, PARAMETERIZATIONS, SAMPLERS, TIME_DISTRIBUTIONS, Schedule,
+    TASKS, DEFAULT_SAMPLER, DEFAULT_STEPS, LOSS_WEIGHTINGS, PARAMETERIZATIONS, SAMPLERS, TIME_DISTRIBUTIONS, Schedule,
 )
 from vidiff.models.vae_losses import VAELossConfig
 from vidiff.text import TextEncoderConfig
@@ -137,6 +137,49 @@ class TrainConfig:
 
 
 @dataclass
+class TasksConfig:
+    """The frame-task mix of a denoiser with known-frame inputs (``model.overrides.known_frames``).
+
+    Each training sample draws one task with these weights (normalised; see
+    :func:`vidiff.diffusion.masks.draw_task_mask` for what each one hides). The defaults
+    keep text-to-video the largest share, so a fine-tuned text-to-video model keeps following
+    prompts, and give forecasting, image-to-video and interpolation most of the rest (the
+    frame tasks long videos and the cascade are built from); MCVD's lesson is that one model
+    learns all of them at once when past and future frames are masked at random.
+
+    Known frames carry noise (noise augmentation) with probability ``known_noise_prob``, at
+    a diffusion time uniform in ``[0, known_noise_max]``, so a model conditioned on its own
+    generated frames (long videos) tolerates their small errors. The loss is the mean over
+    the unknown part plus ``known_weight`` times the mean over the known part: the unknown
+    part is the task; the small known term keeps the raw output equal to the given pixels.
+    """
+    text: float = 0.3
+    first_frame: float = 0.15
+    first_frames: float = 0.2
+    last_frames: float = 0.05
+    keyframes: float = 0.15
+    box: float = 0.1
+    border: float = 0.05
+    known_noise_prob: float = 0.5
+    known_noise_max: float = 0.05
+    known_weight: float = 0.1
+
+    def __post_init__(self):
+        weights = self.weights()
+        if any(not (math.isfinite(w) and w >= 0) for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ConfigError(f"tasks: weights must be finite, >= 0 and not all 0, got {weights}")
+        for name in ("known_noise_prob", "known_noise_max"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"tasks.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.known_weight >= 0:
+            raise ConfigError(f"tasks.known_weight must be >= 0, got {self.known_weight}")
+
+    def weights(self) -> dict[str, float]:
+        """Task name -> weight, in the order of :data:`vidiff.diffusion.masks.TASKS`."""
+        return {name: float(getattr(self, name)) for name in TASKS}
+
+
+@dataclass
 class SampleConfig:
     """How samples are drawn: the one source of the sampling defaults that the pipeline, the
     commands and the samples written during training share.
@@ -176,5 +219,6 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 

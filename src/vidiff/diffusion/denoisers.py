@@ -1,5 +1,6 @@
 """Denoiser wrappers: a network and its parameterization become ``denoiser(x_t, t, cond) -> x0_hat``,
-and classifier-free guidance wraps any denoiser.
+classifier-free guidance wraps any denoiser, and known frames condition any denoiser by
+replacement or reconstruction guidance.
 
 Samplers only ever see these callables, so a new network or an external model is one adapter.
 """
@@ -128,3 +129,72 @@ class GuidedDenoiser:
             ratio = x_full.std(dim=dims) / guided.std(dim=dims).clamp(min=1e-12)  # (B,)
             guided = self.rescale * guided * broadcast(ratio, guided) + (1 - self.rescale) * guided
         return guided
+
+
+# How known frames (``cond.known`` where ``cond.mask == 1``) condition sampling.
+FRAME_METHODS = ("mask", "guidance", "replace")
+
+
+class KnownFramesDenoiser:
+    """Known frames for any denoiser, also one trained without masks.
+
+    Both methods first overwrite the known part of ``x_t`` with the known clip noised to
+    ``t``, ``alpha(t) known + sigma(t) noise`` (``noise``: the sample's initial noise, fixed, so
+    the known part stays on one forward trajectory), and paste ``known`` into the returned
+    ``x0_hat``, so the sampler's next state agrees with the known pixels.
+
+    * ``"replace"``: that alone, the replacement baseline (Song et al. 2021). The unknown part
+      only sees the known part through the noisy ``x_t``, so it drifts from it at low noise.
+    * ``"guidance"``: reconstruction guidance (Ho et al. 2022). The unknown part of ``x0_hat``
+      also moves against the gradient of the known part's error,
+      ``x0_hat - weight * (alpha^2 + sigma^2) / alpha * grad_{x_t} 1/2 ||mask (known - x0_hat)||^2``.
+      Why this scale: by Tweedie, ``(sigma^2 / alpha) d x0_hat / d x_t`` is the posterior
+      covariance ``P`` of ``x0`` given ``x_t``, and the exact Gaussian conditional mean moves
+      the unknown part by ``P_uk P_kk^-1`` times the known residual. The gradient step gives
+      ``P_uk`` times it; for data of unit variance and no correlation ``P_kk`` is
+      ``sigma^2 / (alpha^2 + sigma^2)``, so ``weight = 1`` is the exact step there. Data of
+      lower variance or correlated known pixels need a larger weight (Ho et al. use large
+      ones); ``tests/test_frame_guidance.py`` checks the formula against the exact
+      conditional mean of Gaussian data.
+
+    The inner denoiser gets ``cond`` without ``known``/``mask``/``known_noise``, so it needs no
+    known-frame inputs. (The ``"mask"`` method is no wrapper: a mask-trained network consumes
+    ``cond.known`` itself.)
+
+    Args:
+        denoiser: ``denoiser(x_t (B, ...), t (B,), cond) -> x0_hat (B, ...)``.
+        schedule: the denoiser's schedule.
+        method: ``"replace"`` or ``"guidance"``.
+        noise: ``(B, ...)`` the noise of the known part's forward trajectory.
+        weight: reconstruction guidance weight (``"guidance"`` only).
+    """
+
+    def __init__(self, denoiser: Callable, schedule: Schedule, method: str, noise: Tensor,
+                 weight: float = 1.0):
+        if method not in ("replace", "guidance"):
+            raise ValueError(f"KnownFramesDenoiser: method must be 'replace' or 'guidance', got {method!r}")
+        if not weight >= 0:
+            raise ValueError(f"reconstruction guidance weight must be >= 0, got {weight!r}")
+        self.denoiser, self.schedule, self.method = denoiser, schedule, method
+        self.noise, self.weight = noise, float(weight)
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None) -> Tensor:
+        # x: (B, C, T, H, W), t: (B,) -> x0_hat (B, C, T, H, W) with the known part pasted in
+        if cond is None or cond.mask is None:
+            return self.denoiser(x, t, cond)
+        known, mask = cond.known.to(x.dtype), cond.mask.to(x.dtype)              # (B, C, ...), (B, 1, ...)
+        inner = cond.replace(known=None, mask=None, known_noise=None)
+        inner = inner if inner.batch_size is not None else None
+        alpha, sigma = (broadcast(c, x) for c in self.schedule.alpha_sigma(t.to(x.dtype)))
+        x = mask * (alpha * known + sigma * self.noise.to(x.dtype)) + (1 - mask) * x
+        if self.method == "replace" or self.weight == 0:
+            x0 = self.denoiser(x, t, inner)
+        else:
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                x0 = self.denoiser(x_in, t, inner)
+                error = 0.5 * (mask * (known - x0)).pow(2).sum()
+                grad, = torch.autograd.grad(error, x_in)
+            scale = (alpha.pow(2) + sigma.pow(2)) / alpha.clamp(min=1e-4)
+            x0 = x0.detach() - self.weight * scale * grad
+        return mask * known + (1 - mask) * x0

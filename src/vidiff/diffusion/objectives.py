@@ -119,9 +119,22 @@ def loss_weight(kind: str, t: Tensor, schedule: Schedule, weighting: str = "unif
 
 
 def diffusion_loss(pred: Tensor, x0: Tensor, noise: Tensor, t: Tensor, schedule: Schedule,
-                   kind: str, weighting: str = "uniform", gamma: float = 5.0) -> Tensor:
-    """Weighted mean-squared error of a ``kind`` prediction ``pred (B, ...)``: a scalar."""
+                   kind: str, weighting: str = "uniform", gamma: float = 5.0,
+                   known: Tensor | None = None, known_weight: float = 0.0) -> Tensor:
+    """Weighted mean-squared error of a ``kind`` prediction ``pred (B, C, ...)``: a scalar.
+
+    With a known-frame mask ``known (B, 1, ...)`` (1 = known), a sample's error is its mean
+    over the unknown elements plus ``known_weight`` times its mean over the known ones: the
+    network is trained on what it has to generate, not rewarded for copying what it is given.
+    """
     target = prediction_target(kind, x0, noise, t, schedule)
-    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)   # (B,)
+    error = (pred.float() - target.float()).pow(2)
+    if known is None:
+        per_sample = error.flatten(1).mean(dim=1)                                 # (B,)
+    else:
+        k = known.float().expand_as(error).flatten(1)                             # (B, N)
+        e = error.flatten(1)
+        per_sample = ((e * (1 - k)).sum(1) / (1 - k).sum(1).clamp(min=1)
+                      + known_weight * (e * k).sum(1) / k.sum(1).clamp(min=1))    # (B,)
     weight = loss_weight(kind, t, schedule, weighting, gamma).to(per_sample.device)
     return (weight * per_sample).mean()

@@ -28,6 +28,10 @@ from vidiff.models.layers import TimestepEmbedder
 class ConditionEmbedder(nn.Module):
     """Conditioning -> (input channels, embedding, cross-attention context).
 
+    The optional embedders (:attr:`OPTIONAL_EMBEDDERS`) end in a zero layer and extra input
+    channels meet zero weights when a fine-tune adds them (``Trainer.load_weights``), so a
+    network that gains a condition starts out computing exactly what its checkpoint did.
+
     Args:
         in_channels: channels of ``x_t`` (and of ``known`` / ``low_res``).
         emb_dim: width of the per-sample embedding.
@@ -38,6 +42,9 @@ class ConditionEmbedder(nn.Module):
         frame_stride: embed ``frame_stride``.
         low_res: accept a low-resolution clip as extra input channels.
     """
+
+    # Embedders a fine-tune may add to a checkpoint that lacks them.
+    OPTIONAL_EMBEDDERS = ("known_noise", "stride", "low_res_noise")
 
     def __init__(self, in_channels: int, emb_dim: int, text_dim: Optional[int] = None,
                  context_dim: Optional[int] = None, pooled_dim: Optional[int] = None,
@@ -58,6 +65,15 @@ class ConditionEmbedder(nn.Module):
         if pooled_dim is not None:
             self.null_pooled = nn.Parameter(torch.zeros(1, pooled_dim))
             self.pooled_proj = nn.Linear(pooled_dim, emb_dim)
+
+    def zero_optional_embedders(self) -> None:
+        """Zero the last layer of each optional embedder: a new condition starts with no effect
+        (networks call this at the end of their weight initialisation)."""
+        for name in self.OPTIONAL_EMBEDDERS:
+            embedder = getattr(self, name)
+            if embedder is not None:
+                nn.init.zeros_(embedder.mlp[-1].weight)
+                nn.init.zeros_(embedder.mlp[-1].bias)
 
     @property
     def extra_channels(self) -> int:

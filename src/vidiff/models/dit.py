@@ -316,6 +316,7 @@ class VideoDiT(nn.Module):
             if module is not None:
                 nn.init.zeros_(module.weight)
                 nn.init.zeros_(module.bias)
+        self.cond.zero_optional_embedders()
 
     # ------------------------------------------------------------------ shapes
     def token_grid(self, x_shape: Sequence[int]) -> tuple[int, int, int]:

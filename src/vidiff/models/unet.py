@@ -442,6 +442,7 @@ class UNet3D(nn.Module):
                 module.reset_temporal()
         if self.frame_cond is not None:    # per-frame FiLM starts as the per-clip one
             zero_module(self.frame_cond["mix"][-1])
+        self.cond.zero_optional_embedders()
 
     # ------------------------------------------------------------------ extension point
     def residual_shapes(self, x_shape: Sequence[int]) -> list[tuple[int, ...]]:

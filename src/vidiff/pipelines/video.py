@@ -28,8 +28,11 @@ from tqdm.auto import tqdm
 from vidiff.compose import load_denoiser
 from vidiff.compose.config import SampleConfig
 from vidiff.conditioning import Conditioning
-from vidiff.diffusion import SAMPLERS, GuidedDenoiser, NetworkDenoiser, Schedule, sample
+from vidiff.diffusion import (
+    FRAME_METHODS, SAMPLERS, GuidedDenoiser, KnownFramesDenoiser, NetworkDenoiser, Schedule, sample,
+)
 from vidiff.models.layers import sampling_step, set_sampling_step
+from vidiff.pipelines.frames import FrameTasks
 from vidiff.pipelines.shipped import DEFAULT_MODEL, resolve_model
 from vidiff.video import DEFAULT_FPS, Video
 
@@ -60,7 +63,7 @@ def _check_count(name: str, value) -> int:
     return value
 
 
-class VideoPipeline:
+class VideoPipeline(FrameTasks):
     """Generates videos with a trained denoiser.
 
     Args:
@@ -83,6 +86,7 @@ class VideoPipeline:
         self.run_config = run_config
         self.device = next(network.parameters()).device
 
+    sample_defaults = DEFAULTS
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], device=None, ema: bool = True,
@@ -120,6 +124,23 @@ class VideoPipeline:
             return base
         return GuidedDenoiser(base, guidance, rescale=rescale, negative=negative, frame_scale=frame_guidance)
 
+    @property
+    def mask_trained(self) -> bool:
+        """Whether the network takes known frames as input (trained on the frame-task mix)."""
+        return bool(getattr(getattr(self.network, "config", None), "known_frames", False))
+
+    def check_method(self, method: Optional[str]) -> str:
+        """The frame method to use (``None``: ``"mask"`` for a mask-trained model, else
+        ``"guidance"``); ValueError for an unknown one, or ``"mask"`` on a model without inputs."""
+        if method is None:
+            return "mask" if self.mask_trained else "guidance"
+        if method not in FRAME_METHODS:
+            raise ValueError(f"unknown frame method {method!r}; accepted: {list(FRAME_METHODS)}")
+        if method == "mask" and not self.mask_trained:
+            raise ValueError("method 'mask' needs a model trained with known-frame masks "
+                             "(known_frames: true); this one was not: use 'guidance' or 'replace'")
+        return method
+
     def clip_shape(self, frames: Optional[int] = None, height: Optional[int] = None,
                    width: Optional[int] = None) -> tuple[int, int, int, int]:
         """The ``(C, T, H, W)`` the sampler works in for a clip of ``frames`` x ``height`` x
@@ -138,11 +159,17 @@ class VideoPipeline:
                guidance: float = DEFAULTS.guidance, frame_guidance: Optional[float] = None,
                negative: Optional[Conditioning] = None, guidance_rescale: float = 0.0,
                start_t: Optional[float] = None, start: Optional[Tensor] = None,
-               callback: Optional[Callback] = None, **options) -> Tensor:
+               callback: Optional[Callback] = None, method: Optional[str] = None,
+               guidance_weight: float = 1.0, **options) -> Tensor:
         """The one sampling loop every task calls.
 
         Args:
-            cond: conditioning for the whole batch (None: unconditional).
+            cond: conditioning for the whole batch (None: unconditional). Known frames travel
+                in ``cond.known`` / ``cond.mask``.
+            method: how known frames condition the sample (:data:`FRAME_METHODS`): ``"mask"``
+                (the network consumes them; the default for a mask-trained model),
+                ``"guidance"`` (reconstruction guidance with ``guidance_weight``; the default
+                otherwise) or ``"replace"``.
             shape: ``(C, T, H, W)`` of one sample in the sampler's units (see :meth:`clip_shape`).
             seeds: one seed per sample; sample ``i`` draws all its noise from its own generator.
             start_t, start: SDEdit / inversion: begin at diffusion time ``start_t`` from
@@ -172,6 +199,9 @@ class VideoPipeline:
                 t = torch.full((x.shape[0],), t_max, dtype=x.dtype, device=x.device)
                 x = self.schedule.add_noise(x, noise, t)
         denoiser = self.denoiser(guidance, negative, guidance_rescale, frame_guidance)
+        method = self.check_method(method)
+        if cond is not None and cond.mask is not None and method != "mask":
+            denoiser = KnownFramesDenoiser(denoiser, self.schedule, method, noise, guidance_weight)
 
         def advance(info: dict) -> None:
             set_sampling_step(info["step"] + 1)        # what attention processors see next
@@ -197,12 +227,21 @@ class VideoPipeline:
                  sampler: str = DEFAULTS.sampler, negative_prompt: Optional[str] = None,
                  samples: int = 1, height: Optional[int] = None, width: Optional[int] = None,
                  guidance_rescale: float = 0.0, progress: bool = False,
-                 callback: Optional[Callback] = None):
-        """Text to video.
+                 callback: Optional[Callback] = None,
+                 prompt_schedule: Optional[Sequence[tuple[int, str]]] = None,
+                 scheme: str = "autoregressive", overlap: Optional[int] = None, stride: int = 4,
+                 method: Optional[str] = None, guidance_weight: float = 1.0):
+        """Text to video, of any length.
 
         Args:
             prompt: one prompt or a list (None for an unconditional model).
             num_frames, height, width: clip size in pixels (default: the training size).
+                Longer than the training length, the clip is built window by window
+                (:meth:`long`, with ``scheme``, ``overlap`` and keyframe ``stride``).
+            prompt_schedule: ``[(frame, prompt)]``: the prompt changes at those frames
+                (``prompt`` holds before the first; see :func:`parse_prompt_schedule`).
+            method, guidance_weight: how each window after the first is conditioned on the
+                frames it shares with the one before (see :meth:`sample`).
             steps, sampler: sampling budget and method (see ``vidiff.diffusion.SAMPLERS``).
             guidance: classifier-free guidance scale (1 = off).
             seed: sample ``k`` of every prompt uses the noise streams of seed ``seed + k``.
@@ -225,6 +264,18 @@ class VideoPipeline:
             raise ValueError("this model is unconditional: generate it without a prompt")
         if negative_prompt is not None and self.text_encoder is None:
             raise ValueError("this model is unconditional: a negative prompt has no effect")
+        T = self.frames if num_frames is None else _check_count("frames", num_frames)
+        if T > self.frames or prompt_schedule or scheme != "autoregressive":
+            H, W = self.height if height is None else height, self.width if width is None else width
+            empty = torch.zeros(self.channels, T, H, W), torch.zeros(1, T, H, W)
+            clips = torch.cat([self.long(*empty, p, scheme=scheme, stride=stride, samples=samples, seed=seed,
+                                         steps=steps, sampler=sampler, guidance=guidance,
+                                         negative_prompt=negative_prompt, prompt_schedule=prompt_schedule,
+                                         overlap=overlap, progress=progress, callback=callback,
+                                         method=method, guidance_weight=guidance_weight)
+                               for p in prompts])
+            videos = [Video.from_tensor(c, fps=self.fps) for c in clips]
+            return videos[0] if single and samples == 1 else videos
         shape = self.clip_shape(num_frames, height, width)
         cond = negative = None
         if self.text_encoder is not None:

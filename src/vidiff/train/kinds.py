@@ -71,7 +71,8 @@ def _denoiser_trainer(run: RunConfig, dataset, resume: Optional[str], progress: 
     objective = DiffusionObjective(
         network, text_encoder, run.diffusion,
         text_dropout=run.train.text_dropout if text_encoder is not None else 0.0,
-        frame_stride=getattr(network.config, "frame_stride", False), vae=vae)
+        frame_stride=getattr(network.config, "frame_stride", False), vae=vae,
+        tasks=run.tasks if getattr(network.config, "known_frames", False) else None)
     checkpoint_config = {"kind": run_kind(run).checkpoint_kind, **network_spec(network), "run": to_dict(run),
                          "fps": _fps(dataset)}
 

@@ -17,9 +17,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from vidiff.compose.config import DiffusionConfig
+from vidiff.compose.config import DiffusionConfig, TasksConfig
 from vidiff.conditioning import Conditioning
-from vidiff.diffusion import diffusion_loss
+from vidiff.diffusion import TASKS, diffusion_loss, draw_task_mask
 
 
 def _seed(*parts) -> int:
@@ -82,11 +82,17 @@ class DiffusionObjective(nn.Module):
         vae: a frozen :class:`~vidiff.models.VideoVAE` for a latent model: clips are encoded
             to latents (posterior means, scaled) before noising, unless the batch already
             holds them (``batch["latents"]``, from a latent cache).
+        tasks: the frame-task mix for a network with known-frame inputs (None: text-to-video
+            only). Latent models draw their masks on the latent grid.
     """
 
     def __init__(self, network: nn.Module, text_encoder: Optional[nn.Module], diffusion: DiffusionConfig,
-                 text_dropout: float, frame_stride: bool = False, vae: Optional[nn.Module] = None):
+                 text_dropout: float, frame_stride: bool = False, vae: Optional[nn.Module] = None,
+                 tasks: Optional[TasksConfig] = None):
         super().__init__()
+        self.tasks = tasks
+        if tasks is not None:
+            self._task_weights = torch.tensor(list(tasks.weights().values()), dtype=torch.float64)
         if vae is not None:
             vae.requires_grad_(False).eval()
         self.vae = vae
@@ -137,7 +143,30 @@ class DiffusionObjective(nn.Module):
         noise = draws.normal(tuple(x0.shape[1:]), "noise").to(device=device, dtype=x0.dtype)
         x_t = self.schedule.add_noise(x0, noise, t)
         cond = self.conditioning(batch["caption"], draws, batch.get("frame_stride"), device, batch)
+        mask, known_weight = None, 0.0
+        if self.tasks is not None:
+            known, mask, known_noise = self.frame_task(x0, draws)
+            cond = (cond or Conditioning()).replace(known=known, mask=mask, known_noise=known_noise)
+            known_weight = self.tasks.known_weight
         pred = self.network(x_t, t, cond)
         loss = diffusion_loss(pred, x0, noise, t, self.schedule, d.parameterization,
-                              d.loss_weighting, d.min_snr_gamma)
+                              d.loss_weighting, d.min_snr_gamma, known=mask, known_weight=known_weight)
         return loss, {"loss": loss.detach()}
+
+    def frame_task(self, x0: Tensor, draws: SampleDraws) -> tuple[Tensor, Tensor, Tensor]:
+        """One task of the mix per sample: ``known (B, C, T, H, W)`` (``x0`` noised to each
+        sample's ``known_noise (B,)``), ``mask (B, 1, T, H, W)``; all drawn from the sample's
+        own streams, so the masks of a run are fixed by (seed, step, sample)."""
+        B, _, T, H, W = x0.shape
+        masks = []
+        for i in range(B):
+            g = draws.generator(i, "task")
+            task = TASKS[int(torch.multinomial(self._task_weights, 1, generator=g))]
+            masks.append(draw_task_mask(task, T, H, W, g))
+        mask = torch.stack(masks).to(device=x0.device, dtype=x0.dtype)           # (B, 1, T, H, W)
+        noisy = draws.uniform("known_noise_on") < self.tasks.known_noise_prob
+        level = torch.where(noisy, draws.uniform("known_noise") * self.tasks.known_noise_max, 0.0)
+        level = level.to(device=x0.device, dtype=x0.dtype)                        # (B,)
+        eps = draws.normal(tuple(x0.shape[1:]), "known_noise_eps").to(device=x0.device, dtype=x0.dtype)
+        known = torch.where(level.view(B, 1, 1, 1, 1) > 0, self.schedule.add_noise(x0, eps, level), x0)
+        return known, mask, level

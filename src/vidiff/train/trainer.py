@@ -23,9 +23,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vidiff.checkpoint import (
-    prune_checkpoints, read_trainer_state, read_weights, resolve_checkpoint, save_checkpoint,
+    grow_input_channels, prune_checkpoints, read_trainer_state, read_weights, resolve_checkpoint,
+    save_checkpoint,
 )
 from vidiff.data import BucketPlan
+from vidiff.models.condition import ConditionEmbedder
 from vidiff.data import collate as default_collate
 from vidiff.train.ema import EMA
 from vidiff.train.objective import SampleDraws
@@ -214,11 +216,18 @@ class Trainer:
         return wrapped
 
     def load_weights(self, path, ema: bool = False) -> None:
-        """Initialise from a checkpoint's weights (fine-tuning: ``train.init_from``)."""
-        state = read_weights(path, ema=ema)
+        """Initialise from a checkpoint's weights (fine-tuning: ``train.init_from``).
+
+        The model may have gained conditions the checkpoint lacks (known frames, a
+        low-resolution clip, a noise-level embedder): the extra input channels of a weight
+        (dimension 1 larger than the checkpoint's) start at zero and the added embedders keep
+        their zero output layer, so the fine-tune starts from exactly the checkpoint's function.
+        """
+        state = grow_input_channels(read_weights(path, ema=ema), self.objective.state_dict())
         missing, unexpected = self.objective.load_state_dict(state, strict=False)
         trainable = {n for n, p in self.objective.named_parameters() if p.requires_grad}
-        missing = [m for m in missing if m in trainable]
+        added = tuple(f"cond.{name}." for name in ConditionEmbedder.OPTIONAL_EMBEDDERS)
+        missing = [m for m in missing if m in trainable and not any(a in m for a in added)]
         if missing or unexpected:
             raise ValueError(f"checkpoint {str(path)!r} does not match this model: missing "
                              f"{missing[:5]}, unexpected {list(unexpected)[:5]}")
