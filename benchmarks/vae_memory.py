@@ -36,7 +36,7 @@ import time
 FRAMES = (16, 64, 256)
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     """A ``kB`` field of /proc/self/status (VmRSS, VmHWM)."""
     with open("/proc/self/status") as f:
         for line in f:
@@ -56,13 +56,13 @@ def worker(frames: int, size: int, chunk: int | None) -> dict:
     z = torch.randn(C, t, h, w)                          # one unbatched clip's latents
     out = np.empty((frames + 1, size, size, 3), dtype=np.uint8)
     out.fill(0)                                          # touch the pages: they are resident now
-    baseline = _status_kib("VmRSS")
+    baseline = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:        # reset VmHWM to the current RSS
         f.write("5")
     start = time.perf_counter()
     vae.decode_to_uint8(z, out=out, chunk=chunk)
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"frames": frames, "chunk": chunk, "working_mib": (peak - baseline) / 1024,
             "fps": (frames + 1) / seconds, "seconds": seconds}
 

@@ -149,3 +149,17 @@ def test_a_network_that_gains_known_frames_starts_as_its_checkpoint():
     name = next(n for n, p in old.state_dict().items() if p.shape != new.state_dict()[n].shape)
     assert torch.equal(state[name][:, :old.state_dict()[name].shape[1]], old.state_dict()[name])
     assert state[name][:, old.state_dict()[name].shape[1]:].abs().sum() == 0
+
+
+def test_known_in_place_puts_the_known_pixels_into_x_t():
+    from vidiff.conditioning import Conditioning
+    from vidiff.models.condition import ConditionEmbedder
+    embed = ConditionEmbedder(3, 8, known_frames=True, known_in_place=True)
+    x, known = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
+    mask = frames_mask(4, 8, 8, [0])[None].expand(2, -1, -1, -1, -1)
+    out = embed.input(x, Conditioning(known=known, mask=mask))                 # (B, 3 + 4, T, H, W)
+    assert torch.equal(out[:, :3, 0], known[:, :, 0]) and torch.equal(out[:, :3, 1:], x[:, :, 1:])
+    assert torch.equal(out[:, 3:6], known * mask) and torch.equal(out[:, 6:], mask)
+    assert torch.equal(ConditionEmbedder(3, 8, known_frames=True).input(x, Conditioning(known=known, mask=mask))[:, :3], x)
+    with pytest.raises(ValueError, match="needs known_frames"):
+        ConditionEmbedder(3, 8, known_in_place=True)

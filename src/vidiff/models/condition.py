@@ -39,6 +39,12 @@ class ConditionEmbedder(nn.Module):
         context_dim: width the network's cross-attention expects.
         pooled_dim: width of the pooled text vector (None: not used).
         known_frames: accept ``known``/``mask`` as extra input channels.
+        known_in_place: also put the known pixels into ``x_t`` itself where the mask is 1
+            (Open-Sora's condition frames, which it keeps at ``t = 0``). Why: through the
+            extra channels alone, a network whose first layer is narrower than its input (a
+            space-to-depth stem) cannot carry both ``x_t`` and the known pixels, and its raw
+            output blurs what it was given; in place, a known pixel takes the path a clean
+            input takes, which the network already reproduces.
         frame_stride: embed ``frame_stride``.
         low_res: accept a low-resolution clip as extra input channels.
     """
@@ -48,8 +54,12 @@ class ConditionEmbedder(nn.Module):
 
     def __init__(self, in_channels: int, emb_dim: int, text_dim: Optional[int] = None,
                  context_dim: Optional[int] = None, pooled_dim: Optional[int] = None,
-                 known_frames: bool = False, frame_stride: bool = False, low_res: bool = False):
+                 known_frames: bool = False, frame_stride: bool = False, low_res: bool = False,
+                 known_in_place: bool = False):
         super().__init__()
+        if known_in_place and not known_frames:
+            raise ValueError("known_in_place needs known_frames: true")
+        self.known_in_place = known_in_place
         self.in_channels, self.text_dim = in_channels, text_dim
         self.known_frames, self.low_res = known_frames, low_res
         self.time = TimestepEmbedder(emb_dim)
@@ -101,6 +111,8 @@ class ConditionEmbedder(nn.Module):
                     raise ValueError(f"known frames {tuple(cond.known.shape)} / mask "
                                      f"{tuple(cond.mask.shape)} must be {tuple(x.shape)} / {(B, 1, T, H, W)}")
                 mask = cond.mask.to(x.dtype)
+                if self.known_in_place:
+                    parts[0] = x = mask * cond.known.to(x.dtype) + (1 - mask) * x   # (B, C, T, H, W)
                 parts += [cond.known.to(x.dtype) * mask, mask]
             else:
                 parts += [x.new_zeros(B, C + 1, T, H, W)]

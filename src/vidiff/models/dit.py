@@ -104,6 +104,7 @@ class DiTConfig:
     text_dim: Optional[int] = None
     pooled_dim: Optional[int] = None
     known_frames: bool = False                # known/mask as extra input channels
+    known_in_place: bool = False              # known pixels also replace x_t where known
     frame_stride: bool = False                # embed cond.frame_stride
     low_res: bool = False                     # super-resolution: upsampled low-res clip as input
     qk_norm: bool = True
@@ -291,7 +292,8 @@ class VideoDiT(nn.Module):
         self.config = cfg = config
         D, p, pt = cfg.hidden, cfg.patch, cfg.patch_t
         self.cond = ConditionEmbedder(cfg.in_channels, D, cfg.text_dim, D, cfg.pooled_dim,
-                                      cfg.known_frames, cfg.frame_stride, cfg.low_res)
+                                      cfg.known_frames, cfg.frame_stride, cfg.low_res,
+                                      known_in_place=cfg.known_in_place)
         self.x_embed = nn.Linear((cfg.in_channels + self.cond.extra_channels) * pt * p * p, D)
         self.slots = _slots("factorized" in cfg.modes, cfg.text_dim is not None)
         self.adaln = nn.Linear(D, len(self.slots) * 3 * D) if cfg.adaln == "single" else None

@@ -77,6 +77,7 @@ class UNetConfig:
     text_dim: Optional[int] = None
     pooled_dim: Optional[int] = None
     known_frames: bool = False                # known/mask as extra input channels
+    known_in_place: bool = False              # known pixels also replace x_t where known
     frame_stride: bool = False                # embed cond.frame_stride
     frame_embedding: bool = False             # add an absolute frame-index embedding at the input
     frame_conditioning: bool = False          # per-frame FiLM: condition x frame index through an MLP
@@ -372,7 +373,8 @@ class UNet3D(nn.Module):
         emb_dim = cfg.emb_dim or 4 * ch[0]
         context_dim = ch[-1]
         self.cond = ConditionEmbedder(cfg.in_channels, emb_dim, cfg.text_dim, context_dim,
-                                      cfg.pooled_dim, cfg.known_frames, cfg.frame_stride, cfg.low_res)
+                                      cfg.pooled_dim, cfg.known_frames, cfg.frame_stride, cfg.low_res,
+                                      known_in_place=cfg.known_in_place)
         # A patch > 1 folds each patch x patch pixel block into channels (pixel_unshuffle), so
         # the whole network runs at a coarser grid: the cheapest way to give small clips the
         # "right resolution inside the network" without losing a pixel of the output.

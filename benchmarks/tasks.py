@@ -1,0 +1,254 @@
+"""Frame tasks on MovingShapes: forecasting, interpolation, image-to-video, inpainting,
+outpainting, and what long clips cost.
+
+Every clip is rendered fresh (``vidiff.data.shapes.render``, every colour/shape/direction
+triple in turn, start positions from a fixed seed), so no clip is one the model trained on.
+Three ways of conditioning on the known pixels are measured side by side:
+
+* ``mask``: the mask-trained model (``--model``), known frames as network inputs;
+* ``guidance``: reconstruction guidance on the text-to-video-only checkpoint (``--t2v``);
+* ``replace``: plain replacement on that same checkpoint.
+
+Tasks and figures (uint8 PSNR, peak 255; 20 dpmpp_2m steps):
+
+* forecast: the first 4 frames of a 16-frame clip are given, no prompt; PSNR over the 12
+  future frames against the truth, minus that of repeating frame 3 (copy-last); and the share
+  of clips whose forecast keeps the true direction (the shapes detector).
+* interpolate x4: frames 0, 4, 8, 12 given, no prompt; PSNR over the 9 generated frames minus
+  that of blending the neighbouring keyframes linearly.
+* animate: frame 0 given with the clip's caption; PSNR of the raw model output's frame 0
+  against the image (before the known pixels are pasted back) and the share of clips where
+  colour, shape and direction are all right.
+* inpaint: a box over the shape's path during frames 5-10 is hidden, with the caption; the
+  centroid error (pixels) of what is generated inside the hole, and the share of the right colour.
+* outpaint: shapes moving left or right lose the 8 columns they move into, which come back
+  as padding, with the caption; raw-output PSNR on the original region, and the centroid
+  error over the frames where the true shape reaches into the padding.
+* cost (``mask`` model): working memory (peak RSS minus the loaded model's) and seconds per
+  frame of extending a 16-frame clip to 32 and to 128 frames, each in a fresh subprocess.
+
+The last line is the headline. Usage::
+
+    python benchmarks/tasks.py --model shapes --t2v runs/shapes --clips 24
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from vae_memory import status_kib      # the same peak-RSS reading as the autoencoder benchmark
+
+CONTEXT, FRAMES, FACTOR = 4, 16, 4
+HOLE = (5, 10)                      # inpainting hides the shape over these frames (inclusive)
+PAD = 8                             # outpainting columns
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def foreground(frame: np.ndarray) -> np.ndarray:
+    return frame.max(axis=-1) > 127                   # shapes are saturated colours on black
+
+
+def centroid(mask: np.ndarray):
+    ys, xs = np.nonzero(mask)
+    return None if len(xs) == 0 else np.array([xs.mean(), ys.mean()])
+
+
+def clips(n: int, size: int = 32):
+    """``n`` fresh clips: (caption, triple, uint8 (T, H, W, 3)), triples in turn, random starts."""
+    from vidiff.data.shapes import all_triples, caption, geometry, render
+    rng = np.random.default_rng(1234)
+    triples = all_triples()
+    out = []
+    for i in range(n):
+        triple = triples[(i * 7) % len(triples)]                # spread over colours, shapes, directions
+        g = geometry(triple[2], FRAMES, size)
+        start = (rng.uniform(*g["x"]), rng.uniform(*g["y"]))
+        out.append((caption(*triple), triple, render(*triple, frames=FRAMES, size=size, start=start)))
+    return out
+
+
+def outpaint_clip(triple, size: int = 32):
+    """A left/right mover that starts well inside the kept columns and ends in the padding."""
+    from vidiff.data.shapes import geometry, render
+    g = geometry(triple[2], FRAMES, size)
+    x0 = g["x"][1] if triple[2] == "right" else g["x"][0]
+    return render(*triple, frames=FRAMES, size=size, start=(x0, sum(g["y"]) / 2))
+
+
+def run_tasks(pipe, method: str, data, steps: int, weight: float) -> dict:
+    import torch
+    from vidiff.data.shapes import COLORS
+    from vidiff.diffusion.masks import box_mask, frames_mask
+    from vidiff.eval.shapes import detect
+    from vidiff.video import Video
+    opts = dict(steps=steps, method=method, guidance_weight=weight)
+    r = {k: [] for k in ("forecast", "copy_last", "direction", "interp", "blend", "i2v_psnr",
+                         "i2v_right", "inpaint_err", "inpaint_color", "outpaint_psnr", "outpaint_err")}
+    start = time.perf_counter()
+    for i, (text, triple, clip) in enumerate(data):
+        video = Video(clip)
+        # Forecast.
+        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, guidance=1.0, **opts).frames
+        r["forecast"].append(psnr(pred[CONTEXT:], clip[CONTEXT:]))
+        r["copy_last"].append(psnr(np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0), clip[CONTEXT:]))
+        r["direction"].append(detect(pred)["direction"] == triple[2])
+        # Interpolate x4 over frames 0..12.
+        keys = clip[0:13:FACTOR]
+        out = pipe.interpolate(Video(keys), FACTOR, seed=i, guidance=1.0, **opts).frames
+        between = [f for f in range(13) if f % FACTOR]
+        blend = np.stack([(1 - (f % FACTOR) / FACTOR) * keys[f // FACTOR].astype(np.float64)
+                          + (f % FACTOR) / FACTOR * keys[f // FACTOR + 1] for f in between])
+        r["interp"].append(psnr(out[between], clip[between]))
+        r["blend"].append(psnr(np.round(blend).astype(np.uint8), clip[between]))
+        # Animate: raw output of frame 0.
+        known = torch.zeros(3, FRAMES, 32, 32)
+        known[:, 0] = video.to_tensor()[:, 0]
+        filled, raw = pipe.fill(known, frames_mask(FRAMES, 32, 32, [0]), text, seed=i, **opts)
+        raw_frames = Video.from_tensor(raw[0]).frames
+        r["i2v_psnr"].append(psnr(raw_frames[0], clip[0]))
+        found = detect(Video.from_tensor(filled[0]))
+        r["i2v_right"].append((found["color"], found["shape"], found["direction"]) == tuple(triple))
+        # Inpaint: the shape's path over HOLE, plus one pixel.
+        f0, f1 = HOLE
+        ys, xs = np.nonzero(np.any([foreground(clip[f]) for f in range(f0, f1 + 1)], axis=0))
+        box = (max(0, xs.min() - 1), max(0, ys.min() - 1), min(32, xs.max() + 2), min(32, ys.max() + 2))
+        filled, _ = pipe.fill(video.to_tensor(), box_mask(FRAMES, 32, 32, box, HOLE), text, seed=i, **opts)
+        out = Video.from_tensor(filled[0]).frames
+        x0, y0, x1, y1 = box
+        errors, colours = [], []
+        for f in range(f0, f1 + 1):
+            hole_out = np.zeros((32, 32), bool)
+            hole_out[y0:y1, x0:x1] = foreground(out[f])[y0:y1, x0:x1]
+            c_out, c_true = centroid(hole_out), centroid(foreground(clip[f]))
+            errors.append(np.inf if c_out is None else float(np.linalg.norm(c_out - c_true)))
+            if c_out is not None:
+                colours.append(out[f][hole_out].mean(axis=0))
+        r["inpaint_err"].append(float(np.mean(errors)))
+        mean = np.mean(colours, axis=0) if colours else np.zeros(3)
+        nearest = min(COLORS, key=lambda c: np.linalg.norm(np.array(COLORS[c]) - mean))
+        r["inpaint_color"].append(bool(colours) and nearest == triple[0])
+        # Outpaint (left/right movers only).
+        if triple[2] in ("left", "right"):
+            full = outpaint_clip(triple)
+            side = "right" if triple[2] == "right" else "left"
+            kept = full[:, :, :32 - PAD] if side == "right" else full[:, :, PAD:]
+            pad = {side: PAD}
+            canvas = torch.zeros(3, FRAMES, 32, 32)
+            keep = torch.ones(1, FRAMES, 32, 32)
+            if side == "right":
+                canvas[:, :, :, :32 - PAD] = Video(kept).to_tensor()
+                keep[..., 32 - PAD:] = 0
+            else:
+                canvas[:, :, :, PAD:] = Video(kept).to_tensor()
+                keep[..., :PAD] = 0
+            pipe.outpaint(Video(kept), pad, text, seed=i, **opts)   # the command path runs too
+            filled, raw = pipe.fill(canvas, keep, text, seed=i, **opts)
+            out, raw_frames = Video.from_tensor(filled[0]).frames, Video.from_tensor(raw[0]).frames
+            region = slice(0, 32 - PAD) if side == "right" else slice(PAD, 32)
+            r["outpaint_psnr"].append(psnr(raw_frames[:, :, region], kept))
+            errs = []
+            for f in range(FRAMES):
+                true = foreground(full[f])
+                reaches = true[:, 32 - PAD:].any() if side == "right" else true[:, :PAD].any()
+                if reaches:
+                    c_out = centroid(foreground(out[f]))
+                    errs.append(np.inf if c_out is None else float(np.linalg.norm(c_out - centroid(true))))
+            if errs:
+                r["outpaint_err"].append(float(np.mean(errs)))
+    summary = {k: float(np.mean(v)) for k, v in r.items() if v}
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+# ----------------------------------------------------------------------------- cost of long clips
+def cost_worker(model: str, frames: int, steps: int) -> dict:
+    import vidiff
+    from vidiff.data.shapes import render
+    pipe = vidiff.load(model)
+    video = vidiff.Video(render("red", "circle", "right", frames=FRAMES, size=32))
+    pipe.extend(video, FRAMES + 4, steps=1)                 # warm up: first-call allocations
+    baseline = status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:           # reset the peak-RSS mark
+        f.write("5")
+    start = time.perf_counter()
+    pipe.extend(video, frames, steps=steps)
+    seconds = time.perf_counter() - start
+    return {"frames": frames, "working_mib": (status_kib("VmHWM") - baseline) / 1024,
+            "seconds_per_frame": seconds / (frames - FRAMES)}
+
+
+def cost(model: str, steps: int) -> dict:
+    out = {}
+    for frames in (32, 128):
+        cmd = [sys.executable, __file__, "--cost-worker", str(frames), "--model", model, "--steps", str(steps)]
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}   # RSS follows the live set (vae_memory.py)
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if result.returncode:
+            raise RuntimeError(f"cost worker {frames} failed:\n{result.stderr}")
+        out[frames] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="shapes", help="the mask-trained model")
+    parser.add_argument("--t2v", default="runs/shapes", help="the text-to-video-only checkpoint")
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance-weight", type=float, default=1.0)
+    parser.add_argument("--methods", default="mask,guidance,replace")
+    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--cost-worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cost_worker is not None:
+        print(json.dumps(cost_worker(args.model, args.cost_worker, args.steps)))
+        return
+    import torch
+    import vidiff
+    print(f"{args.clips} fresh MovingShapes clips, {args.steps} steps; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    data = clips(args.clips)
+    results = {}
+    for method in args.methods.split(","):
+        pipe = vidiff.load(args.model if method == "mask" else args.t2v)
+        results[method] = run_tasks(pipe, method, data, args.steps, args.guidance_weight)
+        print(method, json.dumps({k: round(v, 3) for k, v in results[method].items()}), flush=True)
+    print(f"\n{'method':>9} {'forecast dB':>12} {'vs copy':>8} {'dir %':>6} {'interp dB':>10} {'vs blend':>9} "
+          f"{'i2v f0 dB':>10} {'i2v ok %':>9} {'inpaint px':>11} {'colour %':>9} {'outpaint dB':>12} {'pad px':>7}")
+    for method, s in results.items():
+        print(f"{method:>9} {s['forecast']:12.2f} {s['forecast'] - s['copy_last']:+8.2f} {100 * s['direction']:6.1f} "
+              f"{s['interp']:10.2f} {s['interp'] - s['blend']:+9.2f} {s['i2v_psnr']:10.2f} {100 * s['i2v_right']:9.1f} "
+              f"{s['inpaint_err']:11.2f} {100 * s['inpaint_color']:9.1f} {s['outpaint_psnr']:12.2f} "
+              f"{s['outpaint_err']:7.2f}")
+    if "mask" in results:
+        costs = cost(args.model, args.steps)
+        results["cost"] = costs
+        for frames, c in costs.items():
+            print(f"extend to {frames} frames: working memory {c['working_mib']:.1f} MiB, "
+                  f"{c['seconds_per_frame']:.3f} s per generated frame")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    s = results.get("mask") or next(iter(results.values()))
+    line = (f"headline: forecast {s['forecast'] - s['copy_last']:+.2f} dB over copy-last (direction "
+            f"{100 * s['direction']:.0f}%), interpolation {s['interp'] - s['blend']:+.2f} dB over blending, "
+            f"image-to-video frame 0 {s['i2v_psnr']:.1f} dB raw / {100 * s['i2v_right']:.0f}% right, inpaint "
+            f"{s['inpaint_err']:.2f} px")
+    if "cost" in results:
+        line += f", memory 128/32 frames {results['cost'][128]['working_mib'] / max(results['cost'][32]['working_mib'], 1e-3):.2f}"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
