@@ -214,3 +214,16 @@ def test_mask_method_needs_a_mask_trained_model():
     with pytest.raises(ValueError, match="trained with known-frame masks"):
         plain.predict(_video(6), context=2, num_frames=8, method="mask", **FAST)
     assert plain.check_method(None) == "guidance"
+
+
+def test_known_noise_reaches_the_network_with_its_level(pipe):
+    video = _video(4)
+    pipe.predict(video, context=2, num_frames=6, known_noise=0.3, **FAST)
+    _, cond = pipe.network.calls[0]
+    assert torch.allclose(cond.known_noise, torch.tensor([0.3]))
+    given = video.to_tensor()[:, -2:]
+    alpha, sigma = (float(v) for v in pipe.schedule.alpha_sigma(torch.tensor([0.3])))
+    residual = (cond.known[0, :, :2] - alpha * given) / sigma                   # the noise that was added
+    assert abs(float(residual.std()) - 1.0) < 0.1 and abs(float(residual.mean())) < 0.1
+    with pytest.raises(ValueError, match="known noise"):
+        pipe.predict(video, context=2, num_frames=6, known_noise=1.0, **FAST)

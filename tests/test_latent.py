@@ -207,3 +207,18 @@ def test_latent_generate_decodes_unscaled_latents(vae_dir, tmp_path):
     # chunked decoding against one pass: equal up to float rounding (one 8-bit level)
     assert np.abs(frames - expected).max() <= 1
     assert np.abs(wrong - expected).mean() > 5 * max(np.abs(frames - expected).mean(), 0.05)
+
+
+def test_a_latent_model_trains_on_the_task_mix_and_forecasts(vae_dir, tmp_path):
+    """Masks are drawn on the latent grid in training; at sampling the pixel mask becomes the
+    latent mask (latent frame 0 codes pixel frame 0 alone, so one known frame is one latent frame)."""
+    run = load_run_config(None, [f"train.out_dir={tmp_path / 'tasks'}", f"model.vae={vae_dir}",
+                                 "model.overrides.known_frames=true", "train.steps=2"], base=LATENT_RUN)
+    train(run, progress=False)
+    pipe = vidiff.load(tmp_path / "tasks")
+    assert pipe.vae is not None and pipe.mask_trained
+    video = vidiff.Video(np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+    out = pipe.predict(video, context=1, num_frames=5, steps=2)
+    assert out.frames.shape == (5, 16, 16, 3) and np.array_equal(out.frames[0], video.frames[-1])
+    with pytest.raises(ValueError, match="one window"):
+        pipe.predict(video, context=1, num_frames=9, steps=2)

@@ -29,6 +29,7 @@ from vidiff.video import Video
 Clip = Union[Video, np.ndarray, Tensor]
 SCHEMES = ("autoregressive", "hierarchical")
 WINDOW_SEED_STEP = 1_000_003   # window j of sample k uses seed (seed + k) + j * this
+KNOWN_NOISE_SEED = 7_919       # the known frames' noise augmentation draws from seed + this
 
 
 def clip_tensor(clip: Clip, what: str = "video") -> Tensor:
@@ -182,10 +183,10 @@ class FrameTasks:
         S, _, t, H, W = known.shape
         cond, negative = self._prompt_conditioning(prompt, negative_prompt, S)
         units, units_mask = self._to_units(known, mask)
-        if known_noise > 0:
-            g = torch.Generator().manual_seed(seeds[0])
-            level = torch.full((S,), known_noise)
-            units = self.schedule.add_noise(units, torch.randn(units.shape, generator=g), level)
+        if known_noise > 0:      # each sample's own stream (its seed's), as for its initial noise
+            eps = torch.stack([torch.randn(units.shape[1:], generator=torch.Generator().manual_seed(s + KNOWN_NOISE_SEED))
+                               for s in seeds])
+            units = self.schedule.add_noise(units, eps, torch.full((S,), known_noise))
         parts = dict(known=units.to(self.device), mask=units_mask.to(self.device),
                      known_noise=torch.full((S,), float(known_noise), device=self.device))
         if frame_stride is not None:
