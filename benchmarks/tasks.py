@@ -100,7 +100,9 @@ def run_tasks(pipe, method: str, data, steps: int, weight: float) -> dict:
     from vidiff.diffusion.masks import box_mask, frames_mask
     from vidiff.eval.shapes import detect
     from vidiff.video import Video
-    opts = dict(steps=steps, method=method, guidance_weight=weight)
+    opts = dict(steps=steps, method=method)
+    if weight is not None:
+        opts["guidance_weight"] = weight
     r = {k: [] for k in ("forecast", "copy_last", "direction", "interp", "blend", "i2v_psnr",
                          "i2v_right", "inpaint_err", "inpaint_color", "outpaint_psnr", "outpaint_err")}
     start = time.perf_counter()
@@ -253,7 +255,7 @@ def main() -> None:
     parser.add_argument("--t2v", default="runs/shapes", help="the text-to-video-only checkpoint")
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance-weight", type=float, default=1.0)
+    parser.add_argument("--guidance-weight", type=float, default=None, help="default: vidiff's")
     parser.add_argument("--methods", default="mask,guidance,replace")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--cost-worker", type=int, help=argparse.SUPPRESS)

@@ -77,7 +77,7 @@ def test_guidance_moves_the_unknown_mean_towards_the_exact_conditional_mean(t):
         replaced = cond.mask * SCHEDULE.add_noise(x0, noise, tt) + (1 - cond.mask) * x_t
         exact, u = _exact_conditional(sigma_x, replaced, tt, x0, known)
         for method in errors:
-            out = KnownFramesDenoiser(_exact_denoiser(sigma_x), SCHEDULE, method, noise)(x_t, tt, cond)
+            out = KnownFramesDenoiser(_exact_denoiser(sigma_x), SCHEDULE, method, noise, weight=1.0)(x_t, tt, cond)
             errors[method] += float((out.reshape(T)[u] - exact).pow(2).sum())
     assert errors["guidance"] < 0.5 * errors["replace"], errors
 

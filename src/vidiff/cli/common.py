@@ -21,7 +21,7 @@ import torch
 
 from vidiff.checkpoint import write_json_atomic
 from vidiff.data import BUILTIN
-from vidiff.diffusion import FRAME_METHODS, SAMPLERS
+from vidiff.diffusion import DEFAULT_GUIDANCE_WEIGHT, FRAME_METHODS, SAMPLERS
 from vidiff.pipelines.frames import SCHEMES, parse_prompt_schedule
 from vidiff.pipelines.shipped import DEFAULT_MODEL, check_model
 from vidiff.pipelines.video import DEFAULTS
@@ -276,7 +276,7 @@ def add_frame_options(p) -> None:
     p.add_argument("--method", type=one_of("method", FRAME_METHODS), default=None,
                    help="mask: the known frames enter the network (default for mask-trained models); "
                         "guidance: reconstruction guidance (default otherwise); replace: the baseline")
-    p.add_argument("--guidance-weight", type=nonnegative_float, default=1.0,
+    p.add_argument("--guidance-weight", type=nonnegative_float, default=DEFAULT_GUIDANCE_WEIGHT,
                    help="reconstruction guidance weight (--method guidance)")
 
 

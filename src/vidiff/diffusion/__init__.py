@@ -1,5 +1,5 @@
 """The diffusion core: schedules, objectives, samplers and guidance. Depends on torch only."""
-from vidiff.diffusion.denoisers import FRAME_METHODS, GuidedDenoiser, KnownFramesDenoiser, NetworkDenoiser
+from vidiff.diffusion.denoisers import DEFAULT_GUIDANCE_WEIGHT, FRAME_METHODS, GuidedDenoiser, KnownFramesDenoiser, NetworkDenoiser
 from vidiff.diffusion.masks import TASKS, draw_task_mask, latent_mask
 from vidiff.diffusion.objectives import (
     LOSS_WEIGHTINGS, PARAMETERIZATIONS, TIME_DISTRIBUTIONS, diffusion_loss, loss_weight,
@@ -20,5 +20,5 @@ __all__ = [
     "sample_ddpm", "sample_ddim", "sample_euler", "sample_heun", "sample_dpmpp_2m", "ddim_invert",
     "PARAMETERIZATIONS", "LOSS_WEIGHTINGS", "TIME_DISTRIBUTIONS", "prediction_target",
     "prediction_to_x0", "x0_to_prediction", "loss_weight", "diffusion_loss",
-    "NetworkDenoiser", "GuidedDenoiser", "KnownFramesDenoiser", "FRAME_METHODS", "TASKS", "draw_task_mask", "latent_mask",
+    "NetworkDenoiser", "GuidedDenoiser", "KnownFramesDenoiser", "FRAME_METHODS", "DEFAULT_GUIDANCE_WEIGHT", "TASKS", "draw_task_mask", "latent_mask",
 ]

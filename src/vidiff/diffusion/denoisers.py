@@ -133,6 +133,9 @@ class GuidedDenoiser:
 
 # How known frames (``cond.known`` where ``cond.mask == 1``) condition sampling.
 FRAME_METHODS = ("mask", "guidance", "replace")
+# Reconstruction guidance weight: measured best of 0.3 / 1 / 3 on the shapes model's frame tasks
+# (docs/benchmarks.md, "Frame tasks"); the value exact for white unit-variance data is 1.
+DEFAULT_GUIDANCE_WEIGHT = 0.3
 
 
 class KnownFramesDenoiser:
@@ -170,7 +173,7 @@ class KnownFramesDenoiser:
     """
 
     def __init__(self, denoiser: Callable, schedule: Schedule, method: str, noise: Tensor,
-                 weight: float = 1.0):
+                 weight: float = DEFAULT_GUIDANCE_WEIGHT):
         if method not in ("replace", "guidance"):
             raise ValueError(f"KnownFramesDenoiser: method must be 'replace' or 'guidance', got {method!r}")
         if not weight >= 0:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from vidiff.conditioning import Conditioning
+from vidiff.diffusion import DEFAULT_GUIDANCE_WEIGHT
 from vidiff.diffusion.masks import border_mask, box_mask, frames_mask, latent_mask
 from vidiff.video import Video
 
@@ -92,7 +93,7 @@ class FrameTasks:
     def fill(self, known: Tensor, mask: Tensor, prompt: Optional[str] = None, *, samples: int = 1,
              seed: int = 0, steps: Optional[int] = None, sampler: Optional[str] = None,
              guidance: Optional[float] = None, negative_prompt: Optional[str] = None,
-             method: Optional[str] = None, guidance_weight: float = 1.0, known_noise: float = 0.0,
+             method: Optional[str] = None, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, known_noise: float = 0.0,
              prompt_schedule: Optional[Sequence[tuple[int, str]]] = None,
              window: Optional[int] = None, overlap: Optional[int] = None,
              frame_stride: Optional[float] = None, progress: bool = False,

@@ -29,7 +29,7 @@ from vidiff.compose import load_denoiser
 from vidiff.compose.config import SampleConfig
 from vidiff.conditioning import Conditioning
 from vidiff.diffusion import (
-    FRAME_METHODS, SAMPLERS, GuidedDenoiser, KnownFramesDenoiser, NetworkDenoiser, Schedule, sample,
+    DEFAULT_GUIDANCE_WEIGHT, FRAME_METHODS, SAMPLERS, GuidedDenoiser, KnownFramesDenoiser, NetworkDenoiser, Schedule, sample,
 )
 from vidiff.models.layers import sampling_step, set_sampling_step
 from vidiff.pipelines.frames import FrameTasks
@@ -160,7 +160,7 @@ class VideoPipeline(FrameTasks):
                negative: Optional[Conditioning] = None, guidance_rescale: float = 0.0,
                start_t: Optional[float] = None, start: Optional[Tensor] = None,
                callback: Optional[Callback] = None, method: Optional[str] = None,
-               guidance_weight: float = 1.0, **options) -> Tensor:
+               guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, **options) -> Tensor:
         """The one sampling loop every task calls.
 
         Args:
@@ -230,7 +230,7 @@ class VideoPipeline(FrameTasks):
                  callback: Optional[Callback] = None,
                  prompt_schedule: Optional[Sequence[tuple[int, str]]] = None,
                  scheme: str = "autoregressive", overlap: Optional[int] = None, stride: int = 4,
-                 method: Optional[str] = None, guidance_weight: float = 1.0):
+                 method: Optional[str] = None, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT):
         """Text to video, of any length.
 
         Args:
