@@ -227,3 +227,60 @@ def test_known_noise_reaches_the_network_with_its_level(pipe):
     assert abs(float(residual.std()) - 1.0) < 0.1 and abs(float(residual.mean())) < 0.1
     with pytest.raises(ValueError, match="known noise"):
         pipe.predict(video, context=2, num_frames=6, known_noise=1.0, **FAST)
+
+
+# A network whose activations dominate the working memory (a wide 1x1x1 convolution: about
+# 16 MiB per activation for a window of 8 frames of 32x32), so a pipeline that kept one
+# window's activations alive into the next, or ran the whole clip at once, shows up in the
+# peak; the clip buffers themselves (3 x 128 x 32 x 32 floats, 1.5 MiB) are small beside it.
+_MEMORY_WORKER = r"""
+import json, sys, types, torch
+from torch import nn
+from vidiff.diffusion import Schedule
+from vidiff.pipelines.video import VideoPipeline
+
+class Wide(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.config = types.SimpleNamespace(known_frames=True, frame_stride=False, in_channels=3)
+        self.inp, self.out = nn.Conv3d(7, 512, 1), nn.Conv3d(512, 3, 1)
+    def check_shape(self, shape):
+        pass
+    def forward(self, x, t, cond):
+        # x: (B, 3, T, H, W) -> (B, 3, T, H, W)
+        return self.out(torch.relu(self.inp(torch.cat([x, cond.known, cond.mask], 1))))
+
+def kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+torch.set_num_threads(1)
+pipe = VideoPipeline(Wide(), Schedule.from_name("cosine"), "x0", frames=8, height=32, width=32)
+known, mask = torch.zeros(3, 4, 32, 32), torch.ones(1, 4, 32, 32)
+frames = int(sys.argv[1])
+grow = lambda T: (torch.cat([known, torch.zeros(3, T - 4, 32, 32)], 1), torch.cat([mask, torch.zeros(1, T - 4, 32, 32)], 1))
+pipe.fill(*grow(12), steps=2, sampler="ddim", method="mask")        # first-call allocations
+baseline = kib("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")                                                     # reset the peak-RSS mark
+pipe.fill(*grow(frames), steps=2, sampler="ddim", method="mask")
+print(json.dumps((kib("VmHWM") - baseline) / 1024))
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_long_clip_working_memory_stays_flat():
+    """Peak working memory (peak RSS minus the resident set before the call, each length in a
+    fresh process) filling 128 frames is at most 1.25x that of 32 frames."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}   # RSS follows the live set
+    mib = {}
+    for frames in (32, 128):
+        result = subprocess.run([sys.executable, "-c", _MEMORY_WORKER, str(frames)], capture_output=True,
+                                text=True, env=env, check=True)
+        mib[frames] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert mib[32] > 16, mib                         # the activations are measured at all
+    assert mib[128] <= 1.25 * mib[32], mib

@@ -236,7 +236,7 @@ class FrameTasks:
         known[:, frame_index] = frame[:, 0]
         video, _ = self.fill(known, frames_mask(T, frame.shape[2], frame.shape[3], [frame_index]),
                              prompt, samples=samples, **options)
-        return self._one_or_list(self._videos(video), samples)
+        return self._one_or_list(self._videos(video))
 
     def predict(self, video: Clip, context: int, num_frames: int, prompt: Optional[str] = None,
                 samples: int = 1, **options):
@@ -255,7 +255,7 @@ class FrameTasks:
         known[:, :context] = clip[:, -context:]
         videos, _ = self.fill(known, frames_mask(num_frames, clip.shape[2], clip.shape[3], range(context)),
                               prompt, samples=samples, **options)
-        return self._one_or_list(self._videos(videos, _fps(video, self.fps)), samples)
+        return self._one_or_list(self._videos(videos, _fps(video, self.fps)))
 
     def interpolate(self, video: Clip, factor: int, prompt: Optional[str] = None, **options) -> Video:
         """``factor - 1`` frames between each pair of ``video``'s frames: ``(T - 1) factor + 1``
@@ -302,7 +302,7 @@ class FrameTasks:
                                  "(nothing kept): white marks the pixels to regenerate")
             known_mask = (~regen).float().expand(1, T, H, W).clone()
         videos, _ = self.fill(clip, known_mask, prompt, samples=samples, **options)
-        return self._one_or_list(self._videos(videos, _fps(video, self.fps)), samples)
+        return self._one_or_list(self._videos(videos, _fps(video, self.fps)))
 
     def outpaint(self, video: Clip, pad: dict, prompt: Optional[str] = None, samples: int = 1, **options):
         """Grow the frame by ``pad`` (``left``, ``right``, ``top``, ``bottom`` pixels); the
@@ -324,7 +324,7 @@ class FrameTasks:
         known = torch.zeros(3, T, H2, W2)
         known[:, :, sides["top"]:sides["top"] + H, sides["left"]:sides["left"] + W] = clip
         videos, _ = self.fill(known, border_mask(T, H2, W2, **sides), prompt, samples=samples, **options)
-        return self._one_or_list(self._videos(videos, _fps(video, self.fps)), samples)
+        return self._one_or_list(self._videos(videos, _fps(video, self.fps)))
 
     def extend(self, video: Clip, num_frames: int, prompt: Optional[str] = None, samples: int = 1,
                scheme: str = "autoregressive", stride: int = 4, **options):
@@ -337,7 +337,7 @@ class FrameTasks:
         known[:, :clip.shape[1]] = clip
         mask = frames_mask(num_frames, clip.shape[2], clip.shape[3], range(clip.shape[1]))
         videos = self.long(known, mask, prompt, samples=samples, scheme=scheme, stride=stride, **options)
-        return self._one_or_list(self._videos(videos, _fps(video, self.fps)), samples)
+        return self._one_or_list(self._videos(videos, _fps(video, self.fps)))
 
     def long(self, known: Tensor, mask: Tensor, prompt: Optional[str], scheme: str = "autoregressive",
              stride: int = 4, **options) -> Tensor:
@@ -382,8 +382,9 @@ class FrameTasks:
                              f"{self.width}x{self.height} (resize the input to that size)")
 
     @staticmethod
-    def _one_or_list(videos: list[Video], samples: int):
-        return videos[0] if samples == 1 else videos
+    def _one_or_list(videos: list[Video], single: bool = True):
+        """One :class:`Video` when one was asked for (one input, one sample), else the list."""
+        return videos[0] if single and len(videos) == 1 else videos
 
 
 def _fps(video: Clip, default: float) -> float:

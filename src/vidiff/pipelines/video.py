@@ -275,7 +275,7 @@ class VideoPipeline(FrameTasks):
                                          method=method, guidance_weight=guidance_weight)
                                for p in prompts])
             videos = [Video.from_tensor(c, fps=self.fps) for c in clips]
-            return videos[0] if single and samples == 1 else videos
+            return self._one_or_list(videos, single)
         shape = self.clip_shape(num_frames, height, width)
         cond = negative = None
         if self.text_encoder is not None:
@@ -287,7 +287,7 @@ class VideoPipeline(FrameTasks):
         x0 = self._run(cond, shape, seeds, progress, callback, steps=steps, sampler=sampler,
                        guidance=guidance, negative=negative, guidance_rescale=guidance_rescale)
         videos = self.decode(x0)
-        return videos[0] if single and samples == 1 else videos
+        return self._one_or_list(videos, single)
 
     def _run(self, cond, shape, seeds, progress: bool, callback: Optional[Callback], **options) -> Tensor:
         """:meth:`sample` with a tqdm bar as one more consumer of the step callback."""
