@@ -30,3 +30,23 @@ def tiny_model(tmp_path_factory):
             "train": {"steps": 1, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1}}
     train(load_run_config(None, [f"train.out_dir={out}"], base=base), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_editor(tmp_path_factory):
+    """A run directory of a tiny text-to-video U-Net with spatial, temporal and cross-attention
+    at its lower level, trained two steps on 4-frame 16x16 MovingShapes: for the editing tests,
+    which need attention layers to inject into (``tiny_model`` has none)."""
+    out = tmp_path_factory.mktemp("tiny-editor")
+    smaller = {"channels": [8, 16], "norm_groups": 4, "patch": 2, "head_dim": 8, "mid_attention": False}
+    base = {"model": {"size": "unet-tiny", "overrides": smaller},
+            "data": {"name": "shapes", "frames": 4, "size": 16},
+            "text": {"dim": 16, "depth": 1, "heads": 2},
+            "train": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_run_config(None, [f"train.out_dir={out}"], base=base), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out

@@ -172,6 +172,13 @@ CASES = [
     ("inpaint {clip} --box 1,2,3 --out {out}/b.mp4", "box x0,y0,x1,y1 takes 4 comma-separated integers"),
     ("outpaint {clip} --pad left=-4 --out {out}/o.mp4", "pad left=-4 is negative"),
     ("extend {clip} --frames 8 --scheme spiral --out {out}/e.mp4", "unknown scheme 'spiral'"),
+    ("invert {clip} --model {den} --out {out}/n.pt", "unknown extension '.pt'; accepted: .safetensors"),
+    ("invert {clip} --model {den} --prompt 'a red circle moving right' --out {out}/n.safetensors",
+     "the video has 5 frames and this model edits at most 4"),                      # after loading
+    ("edit {clip} --source-prompt a --prompt b --inject 2 --out {out}/e.mp4",
+     "argument --inject: must be a finite number in [0, 1], got '2'"),
+    ("restyle {clip} --strength 1.5 --out {out}/r.mp4", "argument --strength: must be a finite number in [0, 1], got '1.5'"),
+    (G + " --from-noise {corrupt}", "is not a readable noise file"),
     ("convert {corrupt} --out {out}/c.mp4", "cannot read"),
     ("convert {missing}.mp4 --out {out}/c.mp4", "argument input: no such file or folder"),
     ("convert {clip} --out {out}/c.xyz", "unknown extension '.xyz'"),

@@ -19,6 +19,7 @@ from typing import Optional
 
 from vidiff import __version__
 from vidiff.cli.common import Parser
+from vidiff.cli.editing import EDITING_COMMANDS
 from vidiff.cli.eval import add_eval
 from vidiff.cli.frames import FRAME_COMMANDS
 from vidiff.cli.generate import add_generate
@@ -30,7 +31,7 @@ from vidiff.cli.train import add_demo, add_train
 
 
 # ----------------------------------------------------------------------------- main
-COMMANDS = [add_demo, add_train, add_generate, *FRAME_COMMANDS, add_synth, add_reconstruct, add_cache_latents, add_eval,
+COMMANDS = [add_demo, add_train, add_generate, *FRAME_COMMANDS, *EDITING_COMMANDS, add_synth, add_reconstruct, add_cache_latents, add_eval,
             add_models, add_ship, add_check, add_schedule, add_convert]
 
 

@@ -25,7 +25,7 @@ from vidiff.diffusion import DEFAULT_GUIDANCE_WEIGHT, FRAME_METHODS, SAMPLERS
 from vidiff.pipelines.frames import SCHEMES, parse_prompt_schedule
 from vidiff.pipelines.shipped import DEFAULT_MODEL, check_model
 from vidiff.pipelines.video import DEFAULTS
-from vidiff.video import SAVE_EXTENSIONS
+from vidiff.video import SAVE_EXTENSIONS, Video
 
 Type = Callable[[str], object]
 SEED_LIMIT = 2 ** 32         # seeds are what numpy and torch both take: 0 <= seed < 2^32
@@ -305,6 +305,15 @@ def long_kwargs(args) -> dict:
     if args.prompt_schedule is not None:
         schedule = parse_prompt_schedule(Path(args.prompt_schedule).read_text().splitlines())
     return dict(prompt_schedule=schedule, scheme=args.scheme, overlap=args.overlap, stride=args.stride)
+
+
+def read_video(path: str, what: str = "video") -> Video:
+    """A video (or folder of frames) from the command line; a file PyAV cannot decode is a
+    ValueError naming it (one line, before any work)."""
+    try:
+        return Video.load(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"cannot read {what} {path!r}: {e}") from None
 
 
 def write_videos(videos, out: str) -> None:

@@ -9,17 +9,9 @@ from __future__ import annotations
 import argparse
 
 from vidiff.cli.common import (add_frame_options, add_long_options, add_sampling_options, csv_list,
-                               existing_path, long_kwargs, positive_int, sampling_kwargs, text_type,
+                               existing_path, long_kwargs, positive_int, read_video, sampling_kwargs, text_type,
                                write_videos)
 from vidiff.pipelines.video import load
-from vidiff.video import Video
-
-
-def _load_video(path: str, what: str = "video") -> Video:
-    try:
-        return Video.load(path)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"cannot read {what} {path!r}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- value types
@@ -64,7 +56,7 @@ def add_animate(sub) -> None:
 
 
 def run_animate(args) -> int:
-    image = _load_video(args.image, "image")
+    image = read_video(args.image, "image")
     if image.num_frames != 1:
         raise ValueError(f"{args.image!r} has {image.num_frames} frames; animate takes one image")
     pipe = load(args.model, device=args.device)
@@ -85,7 +77,7 @@ def add_predict(sub) -> None:
 
 
 def run_predict(args) -> int:
-    video = _load_video(args.video)
+    video = read_video(args.video)
     pipe = load(args.model, device=args.device)
     write_videos(pipe.predict(video, args.context, args.frames, args.prompt, samples=args.samples,
                               **sampling_kwargs(args)), args.out)
@@ -105,7 +97,7 @@ def add_interpolate(sub) -> None:
 def run_interpolate(args) -> int:
     if args.factor < 2:
         raise ValueError(f"--factor must be >= 2 (1 would add no frames), got {args.factor}")
-    video = _load_video(args.video)
+    video = read_video(args.video)
     pipe = load(args.model, device=args.device)
     write_videos(pipe.interpolate(video, args.factor, args.prompt, **sampling_kwargs(args)), args.out)
     return 0
@@ -128,8 +120,8 @@ def run_inpaint(args) -> int:
         raise ValueError("give exactly one of --mask and --box")
     if args.frame_range is not None and args.box is None:
         raise ValueError("--frame-range goes with --box (a mask video sets its frames itself)")
-    video = _load_video(args.video)
-    mask = _load_video(args.mask, "mask") if args.mask is not None else None
+    video = read_video(args.video)
+    mask = read_video(args.mask, "mask") if args.mask is not None else None
     pipe = load(args.model, device=args.device)
     write_videos(pipe.inpaint(video, args.prompt, mask=mask, box=args.box, frame_range=args.frame_range,
                               samples=args.samples, **sampling_kwargs(args)), args.out)
@@ -147,7 +139,7 @@ def add_outpaint(sub) -> None:
 
 
 def run_outpaint(args) -> int:
-    video = _load_video(args.video)
+    video = read_video(args.video)
     pipe = load(args.model, device=args.device)
     write_videos(pipe.outpaint(video, args.pad, args.prompt, samples=args.samples, **sampling_kwargs(args)),
                  args.out)
@@ -167,7 +159,7 @@ def add_extend(sub) -> None:
 
 def run_extend(args) -> int:
     options = long_kwargs(args)       # a bad schedule file is refused before the model loads
-    video = _load_video(args.video)
+    video = read_video(args.video)
     pipe = load(args.model, device=args.device)
     write_videos(pipe.extend(video, args.frames, args.prompt, samples=args.samples,
                              **options, **sampling_kwargs(args)), args.out)

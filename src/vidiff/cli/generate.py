@@ -23,6 +23,8 @@ def add_generate(sub) -> None:
     p.add_argument("--width", type=positive_int, help="frame width in pixels (default: training size)")
     p.add_argument("--guidance-rescale", type=unit_interval, default=0.0)
     p.add_argument("--grid", action="store_true", help="write all videos as one grid")
+    p.add_argument("--from-noise", type=existing_file, metavar="FILE",
+                   help="a noise file of `vidiff invert`: reproduce its clip (its prompt, steps, guidance)")
     add_sampling_options(p)
     add_frame_options(p)
     add_long_options(p)
@@ -30,7 +32,8 @@ def add_generate(sub) -> None:
 
 
 def run_generate(args) -> int:
-
+    if args.from_noise is not None:
+        return _from_noise(args)
     if args.prompt is not None and args.prompts is not None:
         raise ValueError("give --prompt or --prompts, not both")
     prompts = args.prompt
@@ -55,4 +58,21 @@ def run_generate(args) -> int:
             target = out.with_name(f"{out.stem}_{i}{out.suffix}")
             video.save(target)
             print(f"wrote {target}")
+    return 0
+
+
+# Options a noise file fixes itself (its prompt and clip size), refused beside --from-noise.
+NOISE_FIXES = ("prompt", "prompts", "frames", "height", "width", "prompt_schedule", "negative_prompt")
+
+
+def _from_noise(args) -> int:
+    given = [f"--{name.replace('_', '-')}" for name in NOISE_FIXES if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"--from-noise reproduces the noise file's own prompt and size: drop {', '.join(given)}")
+    if args.samples != 1:
+        raise ValueError("--from-noise reproduces one clip: drop --samples")
+    pipe = load(args.model, device=args.device)
+    video = pipe.generate_from_noise(args.from_noise, progress=True)
+    video.save(args.out)
+    print(f"wrote {args.out}")
     return 0

@@ -26,6 +26,10 @@ from vidiff.models.vae import VAEConfig, VideoVAE
 from vidiff.text import build_text_encoder, load_text_encoder
 
 
+# Hex digits kept of a SHA-256 fingerprint: 64 bits, no chance collision among one user's models.
+FINGERPRINT_CHARS = 16
+
+
 def default_device(device=None) -> torch.device:
     """``device``, or CUDA when it is available, else the CPU."""
     if device is not None:
@@ -94,7 +98,23 @@ def autoencoder_fingerprint(path) -> str:
         file = path / name
         if file.is_file():
             update_digest(digest, file)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:FINGERPRINT_CHARS]
+
+
+def weights_fingerprint(*modules: Optional[nn.Module]) -> str:
+    """A short hash of the weights of ``modules`` (None skipped): SHA-256 over each tensor's
+    name, dtype, shape and bytes, in the modules' order and state-dict order, truncated like
+    :func:`autoencoder_fingerprint`. What a noise file records so that it is never used with
+    another model; computed from the loaded weights, so a model reads the same from any path."""
+    digest = hashlib.sha256()
+    for index, module in enumerate(modules):
+        if module is None:
+            continue
+        for name, tensor in module.state_dict().items():
+            data = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{index}.{name}:{data.dtype}:{tuple(data.shape)};".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 
 def copy_autoencoder(source, dest: Path) -> None:

@@ -148,6 +148,18 @@ class ConditionEmbedder(nn.Module):
             emb = emb + self.pooled_proj(pooled)
         return emb
 
+    def explicit_null(self, batch: int = 1) -> Conditioning:
+        """The learned null text written out as text fields: ``text (batch, 1, text_dim)``,
+        its mask and ``text_pooled (batch, pooled_dim)``. A row conditioned on it computes
+        exactly what a text-dropped row does, but its text is a tensor one can optimise
+        (null-text inversion starts from it)."""
+        if self.text_dim is None:
+            raise ValueError("this network takes no text: it has no null text to write out")
+        text = self.null_text.detach().expand(batch, -1, -1).clone()          # (batch, 1, text_dim)
+        pooled = None if self.pooled_proj is None else self.null_pooled.detach().expand(batch, -1).clone()
+        return Conditioning(text=text, text_mask=torch.ones(batch, 1, dtype=torch.bool, device=text.device),
+                            text_pooled=pooled)
+
     def context(self, cond: Optional[Conditioning], batch: int, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """Cross-attention tokens ``(B, L, context_dim)`` and mask ``(B, L)``; (None, None) without text."""
         if self.text_dim is None:

@@ -32,6 +32,7 @@ from vidiff.diffusion import (
     DEFAULT_GUIDANCE_WEIGHT, FRAME_METHODS, SAMPLERS, GuidedDenoiser, KnownFramesDenoiser, NetworkDenoiser, Schedule, sample,
 )
 from vidiff.models.layers import sampling_step, set_sampling_step
+from vidiff.pipelines.editing import EditingTasks
 from vidiff.pipelines.frames import FrameTasks
 from vidiff.pipelines.shipped import DEFAULT_MODEL, resolve_model
 from vidiff.video import DEFAULT_FPS, Video
@@ -63,7 +64,7 @@ def _check_count(name: str, value) -> int:
     return value
 
 
-class VideoPipeline(FrameTasks):
+class VideoPipeline(FrameTasks, EditingTasks):
     """Generates videos with a trained denoiser.
 
     Args:
@@ -85,6 +86,7 @@ class VideoPipeline(FrameTasks):
         self.frames, self.height, self.width, self.channels, self.fps = frames, height, width, channels, fps
         self.run_config = run_config
         self.device = next(network.parameters()).device
+        self.source: Optional[str] = None      # the checkpoint it was loaded from, for messages
 
     sample_defaults = DEFAULTS
     # ------------------------------------------------------------------ loading
@@ -98,9 +100,11 @@ class VideoPipeline(FrameTasks):
         parts = load_denoiser(path, device=device, ema=ema, text_encoder_path=text_encoder_path)
         run, vae = parts.run, parts.vae
         channels = vae.config.in_channels if vae is not None else parts.config["network"].get("in_channels", 3)
-        return cls(parts.network, run.diffusion.make_schedule(), run.diffusion.parameterization,
+        pipe = cls(parts.network, run.diffusion.make_schedule(), run.diffusion.parameterization,
                    parts.text_encoder, frames=run.data.frames, height=run.data.size, width=run.data.size,
                    channels=channels, fps=float(parts.config.get("fps", DEFAULT_FPS)), run_config=run, vae=vae)
+        pipe.source = str(parts.path)
+        return pipe
 
     # ------------------------------------------------------------------ conditioning
     def encode(self, prompts: list[str]) -> Optional[Conditioning]:
@@ -158,9 +162,10 @@ class VideoPipeline(FrameTasks):
                steps: int = DEFAULTS.steps, sampler: str = DEFAULTS.sampler,
                guidance: float = DEFAULTS.guidance, frame_guidance: Optional[float] = None,
                negative: Optional[Conditioning] = None, guidance_rescale: float = 0.0,
-               start_t: Optional[float] = None, start: Optional[Tensor] = None,
+               start_t: Optional[float] = None, start: Optional[Tensor] = None, start_noised: bool = False,
                callback: Optional[Callback] = None, method: Optional[str] = None,
-               guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, **options) -> Tensor:
+               guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT,
+               wrap: Optional[Callable[[Callable], Callable]] = None, **options) -> Tensor:
         """The one sampling loop every task calls.
 
         Args:
@@ -174,7 +179,10 @@ class VideoPipeline(FrameTasks):
             seeds: one seed per sample; sample ``i`` draws all its noise from its own generator.
             start_t, start: SDEdit / inversion: begin at diffusion time ``start_t`` from
                 ``start (B, C, T, H, W)``, noised to ``start_t`` with the seeds' noise unless
-                ``start_t`` is None (then ``start`` is the noise itself).
+                ``start_t`` is None (then ``start`` is the noise itself). ``start_noised``:
+                ``start`` already is the state at ``start_t`` (a partial inversion's output).
+            wrap: ``wrap(denoiser) -> denoiser`` around the guided denoiser, before known
+                frames (a guidance that changes with the step, as null-text inversion's).
             callback: called after every step with ``{"step", "steps", "t", "x", "x0"}``.
                 Attention processors see the step index through
                 :func:`vidiff.models.layers.current_sampling_step` (0 for the first step).
@@ -197,8 +205,10 @@ class VideoPipeline(FrameTasks):
                     raise ValueError(f"start time must be in (0, 1], got {start_t!r}")
                 t_max = min(float(start_t), self.schedule.t_max)
                 t = torch.full((x.shape[0],), t_max, dtype=x.dtype, device=x.device)
-                x = self.schedule.add_noise(x, noise, t)
+                x = x if start_noised else self.schedule.add_noise(x, noise, t)
         denoiser = self.denoiser(guidance, negative, guidance_rescale, frame_guidance)
+        if wrap is not None:
+            denoiser = wrap(denoiser)
         method = self.check_method(method)
         if cond is not None and cond.mask is not None and method != "mask":
             denoiser = KnownFramesDenoiser(denoiser, self.schedule, method, noise, guidance_weight)

@@ -165,6 +165,11 @@ class TextEncoder(nn.Module, abc.ABC):
         embeddings = embeddings.float() * mask.unsqueeze(-1)               # (B, L, D)
         return embeddings, mask, pooled.float()
 
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` this encoder has no embedding for (none for an open-vocabulary
+        encoder such as CLIP or T5; the built-in one knows its training captions' words)."""
+        return []
+
     def conditioning(self, prompts: Union[str, Sequence[str]]) -> Conditioning:
         """A :class:`Conditioning` with ``text``, ``text_mask`` and ``text_pooled`` filled in."""
         embeddings, mask, pooled = self.encode(prompts)

@@ -99,6 +99,9 @@ class BuiltinTextEncoder(TextEncoder):
         ids, mask = self.tokenizer(prompts, max_length=self.max_length)    # (B, L), (B, L)
         return ids.to(self.device), mask.to(self.device)
 
+    def unknown_words(self, prompt: str) -> list[str]:
+        return [w for w in self.tokenizer.split(prompt) if w not in self.tokenizer.ids]
+
     def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``ids (B, L)`` long, ``mask (B, L)`` bool -> ``tokens (B, L, dim)``, ``pooled (B, dim)``."""
         mask = mask.to(torch.bool)
