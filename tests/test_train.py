@@ -110,13 +110,15 @@ def test_resume_equals_uninterrupted(tmp_path, buckets):
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
-def assert_close_per_tensor(a, b, rtol, tensor_rtol=1e-4):
+def assert_close_per_tensor(a, b, rtol, tensor_rtol=5e-4):
     """``|a - b| <= rtol |b|`` over all floating tensors together, and ``<= tensor_rtol |b|``
     for each tensor. Element-wise rtol cannot hold: Adam divides by the root of tiny,
     cancellation-dominated gradients, which turns the reordered sums of an all-reduce (or
     another batch shape's kernels) into relative noise on those elements. Per tensor it is the
     same for zero-initialised biases, whose whole value is a few such Adam steps (measured up
-    to 3e-5 relative); the model as a whole agrees to float32 precision."""
+    to 3e-5 relative on one 2-core AMD EPYC machine and 1.2e-4 on another, whose kernels sum
+    in another order; a gradient that is not averaged is off by order 1); the model as a whole
+    agrees to float32 precision."""
     assert a.keys() == b.keys()
     keys = [k for k in a if a[k].is_floating_point()]
     for key in keys:
