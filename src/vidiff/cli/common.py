@@ -255,6 +255,12 @@ def write_json(path: str, data) -> None:
 
 
 # ----------------------------------------------------------------------------- shared options
+def add_video_out(p) -> None:
+    """``--out``, a video path whose extension picks the container, for every command that writes one."""
+    p.add_argument("--out", type=video_out, required=True,
+                   help="output path; the extension picks the container (.mp4, .webm, .gif; none: PNG folder)")
+
+
 def add_sampling_options(p, samples: bool = True) -> None:
     """The options every sampling command shares (DESIGN: the same meaning everywhere)."""
     add_model_option(p)
@@ -266,8 +272,7 @@ def add_sampling_options(p, samples: bool = True) -> None:
     if samples:
         p.add_argument("--samples", type=positive_int, default=1,
                        help="variations, written as OUT_0, OUT_1, ... when more than one")
-    p.add_argument("--out", type=video_out, required=True,
-                   help="output path; the extension picks the container (.mp4, .webm, .gif; none: PNG folder)")
+    add_video_out(p)
     p.add_argument("--device", type=device_type, help="cpu, cuda, ... (default: cuda if available)")
 
 

@@ -7,9 +7,9 @@ only after all sampling is done, atomically (the noise file through
 """
 from __future__ import annotations
 
-from vidiff.cli.common import (add_model_option, add_sampling_options, device_type, existing_path, int_at_least,
+from vidiff.cli.common import (add_model_option, add_video_out, add_sampling_options, device_type, existing_path, int_at_least,
                                nonnegative_float, one_of, output_file, positive_int, read_video, sampling_kwargs,
-                               text_type, unit_interval, video_out, write_videos)
+                               text_type, unit_interval, write_videos)
 from vidiff.pipelines.editing import DEFAULT_INJECT, DEFAULT_INJECTION, EDIT_CFG_INVERSION, EDIT_GUIDANCE, INVERT_STEPS
 from vidiff.pipelines.injection import INJECT_MODES
 from vidiff.pipelines.inversion import CFG_INVERSIONS, NTI_ITERATIONS
@@ -64,8 +64,7 @@ def add_edit(sub) -> None:
     p.add_argument("video", type=existing_path)
     p.add_argument("--source-prompt", type=text_type, required=True, help="what the video shows")
     p.add_argument("--prompt", type=text_type, required=True, help="what it should show")
-    p.add_argument("--out", type=video_out, required=True,
-                   help="output path; the extension picks the container (.mp4, .webm, .gif; none: PNG folder)")
+    add_video_out(p)
     p.add_argument("--strength", type=unit_interval, default=1.0,
                    help="how far to invert, in [0, 1]: 1 = to pure noise (largest edits), lower keeps more")
     p.add_argument("--inject", type=unit_interval, default=DEFAULT_INJECT, metavar="TAU",

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from vidiff.cli.common import (csv_list, existing_path, int_at_least, json_out, one_of, positive_float,
-                               positive_int, seed_type, video_out, write_json)
+from vidiff.cli.common import (add_video_out, csv_list, existing_path, int_at_least, json_out, one_of, positive_float,
+                               positive_int, seed_type, write_json)
 from vidiff.diffusion import SAMPLERS, SCHEDULES, Schedule
 from vidiff.diffusion.gaussian import check_samplers
 from vidiff.models.registry import describe_sizes
@@ -156,8 +156,7 @@ def add_convert(sub) -> None:
                        description="Reads any video PyAV decodes (or a folder of frames) and writes "
                                    "it as .mp4 (H.264), .webm, .gif or a folder of PNGs.")
     p.add_argument("input", type=existing_path, help="video file or folder of frames")
-    p.add_argument("--out", type=video_out, required=True,
-                   help="output path; the extension picks the container (.mp4, .webm, .gif; none: PNG folder)")
+    add_video_out(p)
     p.add_argument("--fps", type=positive_float, help="override the frame rate")
     p.add_argument("--frames", type=positive_int, help="keep only the first N frames")
     p.set_defaults(run=run_convert)
