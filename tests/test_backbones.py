@@ -170,13 +170,14 @@ def test_bad_inputs_rejected_with_clear_messages(b):
 
 
 @pytest.mark.parametrize("b", one_per_backbone())
-def test_control_maps_are_refused_until_a_network_consumes_them(b):
-    # Accepting control maps and ignoring them would return the unconditioned output.
+def test_control_maps_given_to_a_bare_denoiser_are_refused(b):
+    # Accepting control maps and ignoring them would return the unconditioned output: they
+    # reach a denoiser only through a ControlNet's residuals.
     model = b.make(text_dim=TEXT_DIM)
     x, t = b.clip(), torch.rand(2)
     control = torch.randn(2, 3, 4, b.size, b.size)
     for cond in (Conditioning(control=control), text_cond(control=control)):
-        with pytest.raises(ValueError, match=r"no network consumes control maps yet \(ControlNet"):
+        with pytest.raises(ValueError, match=r"does not read control maps itself; run it with a ControlNet"):
             model(x, t, cond)
     with torch.no_grad():                                    # the same call without them runs
         assert model(x, t, text_cond()).shape == x.shape
@@ -347,8 +348,19 @@ def test_residuals_extension_point(b):
             bumped = list(zeros)
             bumped[i] = torch.randn(shapes[i])  # not a constant: LayerNorm removes those
             assert not torch.allclose(model(x, t, cond, residuals=bumped), out, atol=1e-4), i
+    # A U-Net takes one residual per skip; a DiT also takes a prefix (the first blocks only,
+    # what a ControlNet copying the first blocks returns), but not an empty or wrong-shaped list.
+    short = zeros[:-1]
+    if isinstance(model, UNet3D):
+        with pytest.raises(ValueError, match="residuals must"):
+            model(x, t, cond, residuals=short)
+    else:
+        with torch.no_grad():
+            assert torch.equal(model(x, t, cond, residuals=short), out)
+        with pytest.raises(ValueError, match="residuals must"):
+            model(x, t, cond, residuals=[])
     with pytest.raises(ValueError, match="residuals must"):
-        model(x, t, cond, residuals=zeros[:-1])
+        model(x, t, cond, residuals=[torch.zeros(s[:-1] + (s[-1] + 1,)) for s in shapes])
     # A ControlNet trains through them: every residual receives a gradient.
     res = [torch.zeros(s, requires_grad=True) for s in shapes]
     model(x, t, cond, residuals=res).square().mean().backward()

@@ -29,8 +29,10 @@ def test_residual_shapes_follow_the_patch_grid():
             [(2, (1 + 4 // patch_t) * 4 * 6, 32)] * TINY.depth
     model, x = make(), clip()
     assert model.residual_shapes(x.shape) == [(2, 4 * 4 * 4, 32)] * TINY.depth
-    with pytest.raises(ValueError, match=r"residuals must be 2 tensors of shape \(2, 64, 32\)"):
-        model(x, torch.rand(2), residuals=[torch.zeros(2, 64, 32)])
+    with pytest.raises(ValueError, match=r"residuals must be 1 to 2 tensors of shape \(2, 64, 32\)"):
+        model(x, torch.rand(2), residuals=[torch.zeros(2, 64, 33)])
+    with pytest.raises(ValueError, match=r"residuals must be 1 to 2 tensors"):
+        model(x, torch.rand(2), residuals=[torch.zeros(2, 64, 32)] * 3)
 
 
 def test_size_errors_name_the_constraint():

@@ -1,12 +1,23 @@
 """``vidiff generate``: text (or nothing) to video with a trained model."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from vidiff.cli.common import (add_frame_options, add_long_options, add_sampling_options, existing_file, long_kwargs,
-                               positive_int, sampling_kwargs, text_type, unit_interval)
+from vidiff.cli.common import (add_frame_options, add_long_options, add_sampling_options, existing_file, existing_path,
+                               long_kwargs, model_type, nonnegative_float, one_of, positive_int, read_video,
+                               sampling_kwargs, text_type, unit_interval)
+from vidiff.models.controlnet import CONTROL_TYPES
+from vidiff.pipelines.control import parse_control_range
 from vidiff.pipelines.video import load
 from vidiff.video import Video
+
+
+def control_range_type(text: str) -> tuple[float, float]:
+    try:
+        return parse_control_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- generate
@@ -25,6 +36,23 @@ def add_generate(sub) -> None:
     p.add_argument("--grid", action="store_true", help="write all videos as one grid")
     p.add_argument("--from-noise", type=existing_file, metavar="FILE",
                    help="a noise file of `vidiff invert`: reproduce its clip (its prompt, steps, guidance)")
+    control = p.add_argument_group("control (ControlNet: docs/control.md)")
+    control.add_argument("--control", type=existing_path, metavar="MAPS",
+                         help="per-frame structure maps to follow: a map video or a folder of frames")
+    control.add_argument("--control-from", type=existing_path, metavar="VIDEO",
+                         help="extract the maps from this video with the built-in extractor of --control-type")
+    control.add_argument("--control-type", type=one_of("control type", CONTROL_TYPES),
+                         help="what the maps are: silhouette, edges, depth, custom "
+                              "(default: the ControlNet's own)")
+    control.add_argument("--controlnet", type=model_type, metavar="NAME_OR_DIR",
+                         help="the ControlNet (default: the shipped one of --control-type)")
+    control.add_argument("--control-scale", type=nonnegative_float, default=1.0,
+                         help="weight of the control (0 = off)")
+    control.add_argument("--control-range", type=control_range_type, default=(0.0, 1.0), metavar="START,END",
+                         help="the part of the sampling run the control acts in, 0 = pure noise, 1 = clean "
+                              "(default 0,1; 0,0.6 sets the layout and leaves the details to the model)")
+    control.add_argument("--extractor", type=existing_file, metavar="FILE",
+                         help="a TorchScript model that makes depth or custom maps for --control-from")
     add_sampling_options(p)
     add_frame_options(p)
     add_long_options(p)
@@ -44,10 +72,11 @@ def run_generate(args) -> int:
     options = long_kwargs(args)      # a bad schedule file is refused before the model loads
     if options["prompt_schedule"] is not None and prompts is not None and len(prompts) > 1:
         raise ValueError("--prompt-schedule goes with at most one --prompt (the prompt before its first frame)")
+    control = _control_kwargs(args)     # bad maps or a missing extractor: refused before the model loads
     pipe = load(args.model, device=args.device)
     videos = pipe.generate(prompts if prompts is not None else None, num_frames=args.frames,
                            samples=args.samples, height=args.height, width=args.width,
-                           guidance_rescale=args.guidance_rescale, **options, **sampling_kwargs(args))
+                           guidance_rescale=args.guidance_rescale, **options, **control, **sampling_kwargs(args))
     videos = videos if isinstance(videos, list) else [videos]
     out = Path(args.out)
     if args.grid or len(videos) == 1:
@@ -59,6 +88,33 @@ def run_generate(args) -> int:
             video.save(target)
             print(f"wrote {target}")
     return 0
+
+
+def _control_kwargs(args) -> dict:
+    """``generate``'s control arguments from the options, the videos read (one clear error for
+    a file that is not a video) and the combinations checked."""
+    if args.control is not None and args.control_from is not None:
+        raise ValueError("give --control MAPS or --control-from VIDEO, not both")
+    given = args.control is not None or args.control_from is not None
+    if not given:
+        others = [f for f, v in (("--control-type", args.control_type), ("--controlnet", args.controlnet),
+                                 ("--extractor", args.extractor)) if v is not None]
+        if others:
+            raise ValueError(f"{', '.join(others)} need control maps: --control MAPS or --control-from VIDEO")
+        return {}
+    if args.control_type in ("depth", "custom") and args.control_from is not None and args.extractor is None:
+        raise ValueError(f"--control-type {args.control_type} extracts its maps with a model you give: "
+                         "add --extractor FILE (a TorchScript file), or pass ready maps with --control")
+    if args.extractor is not None and args.control_from is None:
+        raise ValueError("--extractor makes maps from --control-from VIDEO; --control maps need none")
+    kwargs = {"control_type": args.control_type, "controlnet": args.controlnet,
+              "control_scale": args.control_scale, "control_range": args.control_range,
+              "extractor": args.extractor}
+    if args.control is not None:
+        kwargs["control"] = read_video(args.control, "control maps")
+    else:
+        kwargs["control_from"] = read_video(args.control_from, "control video")
+    return kwargs
 
 
 # Options a noise file fixes itself (its prompt and clip size), refused beside --from-noise.

@@ -2,7 +2,7 @@
 or a checkpoint. Training, pipelines and commands build through here and nowhere else."""
 from vidiff.compose.build import (
     Denoiser, autoencoder_fingerprint, build_autoencoder_for, build_network_for, build_text_encoder_for,
-    copy_autoencoder, default_device, load_autoencoder, load_denoiser, text_encoder_dir,
+    copy_autoencoder, default_device, load_autoencoder, load_controlnet, load_denoiser, text_encoder_dir,
     weights_fingerprint,
 )
 from vidiff.compose.config import (
@@ -13,5 +13,5 @@ __all__ = [
     "RunConfig", "ModelConfig", "DiffusionConfig", "TrainConfig", "SampleConfig", "AutoencoderConfig",
     "Denoiser", "load_denoiser", "load_autoencoder", "autoencoder_fingerprint", "copy_autoencoder",
     "build_network_for", "build_text_encoder_for", "build_autoencoder_for", "default_device",
-    "text_encoder_dir", "weights_fingerprint",
+    "text_encoder_dir", "weights_fingerprint", "load_controlnet",
 ]

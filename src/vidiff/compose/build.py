@@ -21,7 +21,8 @@ from vidiff.checkpoint import (
 )
 from vidiff.compose.config import RunConfig
 from vidiff.config import from_dict
-from vidiff.models.registry import architecture_of, build_from_config, resolve_config
+from vidiff.models.controlnet import ControlNet
+from vidiff.models.registry import architecture_of, build_controlnet, build_from_config, resolve_config
 from vidiff.models.vae import VAEConfig, VideoVAE
 from vidiff.text import build_text_encoder, load_text_encoder
 
@@ -178,3 +179,22 @@ def load_denoiser(path, device=None, ema: bool = True,
     holder.to(device).eval()
     vae = load_autoencoder(path / "vae", device=device) if (path / "vae").is_dir() else None
     return Denoiser(network, text_encoder, run, vae, config, path)
+
+
+def load_controlnet(path, device=None, ema: bool = True) -> ControlNet:
+    """A ControlNet checkpoint (or a run directory: its newest checkpoint) rebuilt from its own
+    files, in eval mode on ``device``. It carries ``base_model`` (the base it was trained over,
+    as the run named it), ``base_fingerprint`` (:func:`weights_fingerprint` of that base's
+    network, text encoder and autoencoder: what ``VideoPipeline.fingerprint`` computes) and ``source`` (the folder it was read from)."""
+    path = resolve_checkpoint(path)
+    config = read_config(path, kind="controlnet", required=("network", "base", "run"))
+    controlnet = build_controlnet(config["network"])
+    state = submodule_state(read_weights(path, ema=ema), "network.controlnet.")
+    missing, unexpected = controlnet.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"weights in {str(path)!r} do not match its ControlNet config: missing "
+                              f"{missing[:5]}, unexpected {list(unexpected)[:5]}")
+    controlnet.base_model = config["base"].get("model")
+    controlnet.base_fingerprint = config["base"].get("fingerprint")
+    controlnet.source = str(path)
+    return controlnet.to(default_device(device)).eval()

@@ -209,10 +209,18 @@ class RunConfig:
     """Everything a run needs, one dataclass per concern.
 
     ``kind`` names the run kind (``vidiff.train.kinds.RUN_KINDS``: ``"denoiser"``,
-    ``"autoencoder"``, ...): what is trained, by which objective, stored as which checkpoint
-    kind. It is stated, never guessed from ``model.size``.
+    ``"autoencoder"``, ``"controlnet"``, ...): what is trained, by which objective, stored as
+    which checkpoint kind. It is stated, never guessed from ``model.size``.
+
+    A ControlNet run also names its frozen ``base`` (a shipped model's name or a denoiser
+    checkpoint or run directory), the ``control`` type of its maps (``silhouette``, ``edges``,
+    ``depth``, ``custom``) and, for ``depth`` and ``custom``, the TorchScript ``extractor``
+    file that makes them from the training clips.
     """
     kind: str = "denoiser"
+    base: Optional[str] = None
+    control: Optional[str] = None
+    extractor: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)

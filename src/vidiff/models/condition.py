@@ -98,8 +98,8 @@ class ConditionEmbedder(nn.Module):
         if cond is not None and cond.control is not None:
             # Refused rather than ignored: a caller passing control maps expects them to steer
             # the output, and a silently unchanged result would look like a weak ControlNet.
-            raise ValueError(f"cond.control {tuple(cond.control.shape)}: no network consumes control "
-                             "maps yet (ControlNet is future work); remove cond.control")
+            raise ValueError(f"cond.control {tuple(cond.control.shape)}: a denoiser does not read "
+                             "control maps itself; run it with a ControlNet (vidiff.models.ControlledNetwork)")
         if cond is not None and cond.known is not None and not self.known_frames:
             raise ValueError("this network was built without known-frame inputs "
                              "(known_frames=false); condition it by reconstruction guidance instead")

@@ -31,12 +31,14 @@ Design, and why:
 
 Extension points: ``forward(x, t, cond, residuals)`` adds ``residuals[i]``, shape
 ``(B, N_tokens, hidden)`` (see :meth:`VideoDiT.residual_shapes`), to the output of block
-``i``: how a ControlNet injects its control signal. Every attention layer is a shared
+``i`` (a shorter list: to the first blocks only): how a ControlNet injects its control
+signal; :meth:`VideoDiT.encode` returns those outputs, for a ControlNet built as a copy of
+the first blocks. Every attention layer is a shared
 :class:`~vidiff.models.layers.Attention` of kind ``"spatial"`` (``blocks.i.attn`` of a
 factorized block), ``"temporal"`` (``attn_t``), ``"full"`` (``attn`` of a full block) or
 ``"cross"``, whose processor :func:`~vidiff.models.layers.attention_processors` replaces for a
 scope; it sees the layout ``(B, T', H', W')`` of the patch grid. ``cond.control`` is refused:
-no network consumes control maps yet.
+control maps reach a DiT only through a :class:`~vidiff.models.controlnet.ControlNet`'s residuals.
 
 Parameter counts (``count_parameters``, registry configs as written, i.e. no text;
 ``+text`` with ``text_dim=768``):
@@ -375,13 +377,24 @@ class VideoDiT(nn.Module):
                 residuals: Optional[Sequence[Tensor]] = None) -> Tensor:
         """Predict from ``x (B, C, T, H, W)``, ``t (B,)``; ``residuals`` as :meth:`residual_shapes`."""
         self._check(x, t)
-        cfg, B = self.config, x.shape[0]
-        grid = self.token_grid(x.shape)
+        cfg = self.config
         if residuals is not None:
             expected, got = self.residual_shapes(x.shape), [tuple(r.shape) for r in residuals]
-            if got != expected:
-                raise ValueError(f"VideoDiT residuals must be {cfg.depth} tensors of shape "
+            if not got or got != expected[:len(got)]:
+                raise ValueError(f"VideoDiT residuals must be 1 to {cfg.depth} tensors of shape "
                                  f"{expected[0]} (B, N_tokens, hidden), got {got}")
+        h, ctx = self._embed(x, t, cond)                                        # (B, N, D)
+        for i, block in enumerate(self.blocks):
+            h = self._run(block, h, ctx)                                        # (B, N, D)
+            if residuals is not None and i < len(residuals):
+                h = h + residuals[i].to(h.dtype)                                # (B, N, D)
+        h = self.final(h, ctx.emb)                                              # (B, N, C_out * pt * p * p)
+        return unpatchify(h, ctx.grid, cfg.patch, cfg.patch_t)                  # (B, C_out, T, H, W)
+
+    def _embed(self, x: Tensor, t: Tensor, cond: Optional[Conditioning], hint: Optional[Tensor] = None):
+        """Tokens ``(B, N, D)`` and the blocks' context; ``hint (B, N, D)`` is added to the tokens."""
+        cfg, B = self.config, x.shape[0]
+        grid = self.token_grid(x.shape)
         emb = F.silu(self.cond.embedding(t, cond))                               # (B, D)
         shared = None
         if self.adaln is not None:
@@ -390,12 +403,25 @@ class VideoDiT(nn.Module):
         ctx = _Context(grid, emb, shared, text, text_mask, **self._rope(grid, x.device))  # rotary: (L, d)
         h = patchify(self.cond.input(x, cond), cfg.patch, cfg.patch_t)          # (B, N, C' * pt * p * p)
         h = self.x_embed(h.to(self.x_embed.weight.dtype))                       # (B, N, D)
-        for i, block in enumerate(self.blocks):
+        if hint is not None:
+            h = h + hint.to(h.dtype)                                            # (B, N, D)
+        return h, ctx
+
+    def encode(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,
+               hint: Optional[Tensor] = None) -> list[Tensor]:
+        """The output of every block, ``(B, N, D)`` each, in :meth:`residual_shapes` order.
+
+        A ControlNet built as a copy of this network's first blocks returns these (through zero
+        projections) as the ``residuals`` of the original's first blocks; ``hint (B, N, D)``,
+        its control features, is added to the patch tokens.
+        """
+        self._check(x, t)
+        h, ctx = self._embed(x, t, cond, hint)
+        outputs = []
+        for block in self.blocks:
             h = self._run(block, h, ctx)                                        # (B, N, D)
-            if residuals is not None:
-                h = h + residuals[i].to(h.dtype)                                # (B, N, D)
-        h = self.final(h, emb)                                                  # (B, N, C_out * pt * p * p)
-        return unpatchify(h, grid, cfg.patch, cfg.patch_t)                      # (B, C_out, T, H, W)
+            outputs.append(h)
+        return outputs
 
 
 #################################################################################

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vidiff.config import ConfigError, from_dict, to_dict
+from vidiff.models.controlnet import CONTROLNET_MODELS, ControlNet, ControlNetConfig
 from vidiff.models.dit import DIT_MODELS, DiTConfig, VideoDiT
 from vidiff.models.flops import count_flops, count_parameters
 from vidiff.models.unet import UNET_MODELS, UNet3D, UNetConfig
@@ -26,6 +27,7 @@ ARCHITECTURES: dict[str, tuple[type, type]] = {
 }
 MODELS: dict[str, Any] = {**UNET_MODELS, **DIT_MODELS}       # denoisers
 AUTOENCODERS: dict[str, Any] = dict(VAE_MODELS)
+CONTROLNETS: dict[str, Any] = dict(CONTROLNET_MODELS)
 
 
 def architecture_of(config) -> str:
@@ -36,9 +38,9 @@ def architecture_of(config) -> str:
 
 
 def resolve_config(size: str, overrides: Optional[dict] = None):
-    """The registry config ``size`` (a denoiser or an autoencoder) with ``overrides`` applied
+    """The registry config ``size`` (a denoiser, an autoencoder or a ControlNet) with ``overrides`` applied
     (field names validated)."""
-    known = {**MODELS, **AUTOENCODERS}
+    known = {**MODELS, **AUTOENCODERS, **CONTROLNETS}
     if size not in known:
         raise ConfigError(f"unknown model size {size!r}; accepted: {sorted(known)}")
     base = known[size]
@@ -55,6 +57,16 @@ def build_from_config(arch: str, config) -> nn.Module:
     if isinstance(config, dict):
         config = from_dict(config_cls, config)
     return network_cls(config)
+
+
+def build_controlnet(config) -> ControlNet:
+    """A :class:`ControlNet` from its config (a dataclass or a dict), its copy built from the
+    base's architecture and config that the config records."""
+    if isinstance(config, dict):
+        config = from_dict(ControlNetConfig, config)
+    if config.base_arch not in ("unet", "dit"):
+        raise ConfigError(f"a ControlNet copies a 'unet' or 'dit' base, not {config.base_arch!r}")
+    return ControlNet(config, build_from_config(config.base_arch, config.base))
 
 
 def network_spec(network: nn.Module) -> dict:

@@ -28,12 +28,13 @@ Design, and why:
 Extension point: ``forward(x, t, cond, residuals)`` adds ``residuals[i]`` to the ``i``-th skip
 connection (in the order the encoder produces them, see :meth:`UNet3D.residual_shapes`) and
 the last one to the middle block's output: how a ControlNet injects its control signal;
-:meth:`UNet3D.encode` returns exactly those tensors, for a ControlNet built as a copy.
+:meth:`UNet3D.encode` returns exactly those tensors, for a ControlNet built as a copy (its
+``hint`` is the control maps' features, added to the stem's output).
 Every attention layer is a shared :class:`~vidiff.models.layers.Attention` of kind
 ``"spatial"``, ``"cross"`` or ``"temporal"`` (the names VideoDiT uses), whose processor
 :func:`~vidiff.models.layers.attention_processors` replaces for a scope; it sees the layout
-``(B, T, H_i, W_i)`` of its level. ``cond.control`` is refused: no network consumes control
-maps yet.
+``(B, T, H_i, W_i)`` of its level. ``cond.control`` is refused: control maps reach a U-Net
+only through a :class:`~vidiff.models.controlnet.ControlNet`'s residuals.
 """
 from __future__ import annotations
 
@@ -483,8 +484,9 @@ class UNet3D(nn.Module):
             return checkpoint_scoped(module, h, ctx)
         return module(h, ctx)
 
-    def _encode(self, x: Tensor, t: Tensor, cond: Optional[Conditioning]):
-        """Encoder and middle block: (skips, h, ctx), activations as (B*T, C, H, W)."""
+    def _encode(self, x: Tensor, t: Tensor, cond: Optional[Conditioning], hint: Optional[Tensor] = None):
+        """Encoder and middle block: (skips, h, ctx), activations as (B*T, C, H, W); ``hint``
+        ``(B*T, C0, H/p, W/p)`` is added to the stem's output (a ControlNet's control features)."""
         B, _, T, H, W = x.shape
         text, text_mask = self.cond.context(cond, B, x.device)                  # (B, S, D), (B, S)
         frames = torch.arange(T, device=x.device)
@@ -499,6 +501,8 @@ class UNet3D(nn.Module):
         if self.config.patch > 1:
             h = F.pixel_unshuffle(h, self.config.patch)                         # (B*T, C_in' p^2, H/p, W/p)
         h = self.conv_in(h)                                                     # (B*T, C0, H/p, W/p)
+        if hint is not None:
+            h = h + hint.to(h.dtype)                                            # (B*T, C0, H/p, W/p)
         if self.frame_embed is not None and T > 1:
             h = h + self.frame_embed(frames.float()).repeat(B, 1)[:, :, None, None]  # + (B*T, C0, 1, 1)
         if self.pos_embed is not None:
@@ -511,14 +515,16 @@ class UNet3D(nn.Module):
             h = self._run(module, h, ctx)                                       # (B*T, C_L, H_L, W_L)
         return skips, h, ctx
 
-    def encode(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None) -> list[Tensor]:
+    def encode(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,
+               hint: Optional[Tensor] = None) -> list[Tensor]:
         """The skip tensors and the middle block's output, in :meth:`residual_shapes` order.
 
         A ControlNet built as a copy of this network returns these (through zero convs) as the
-        ``residuals`` of the original.
+        ``residuals`` of the original; ``hint (B*T, C0, H/p, W/p)``, its control features, is
+        added to the stem's output.
         """
         self._check(x, t)
-        skips, h, ctx = self._encode(x, t, cond)
+        skips, h, ctx = self._encode(x, t, cond, hint)
         return [_to_video(s, ctx.B) for s in skips + [h]]                       # (B, C_i, T, H_i, W_i)
 
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,

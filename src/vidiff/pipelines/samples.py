@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Optional
 
 from vidiff.checkpoint import resolve_checkpoint, write_file_atomic
-from vidiff.compose import RunConfig, load_autoencoder
+from vidiff.compose import RunConfig, load_autoencoder, load_controlnet
 from vidiff.data import collate
 from vidiff.data.shapes import caption
 from vidiff.pipelines.autoencoder import reconstruction_grid
+from vidiff.pipelines.control import maps_video
 from vidiff.pipelines.video import load
 from vidiff.video import DEFAULT_FPS, Video
 
@@ -67,5 +68,23 @@ def autoencoder_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) ->
     reconstruction_grid(vae, collate(held)["video"], fps=getattr(trainer.dataset, "fps", DEFAULT_FPS)).save(out)
 
 
+def controlnet_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> None:
+    """The maps of the dataset's last four clips (top row) and the base's videos generated to
+    follow them with their own captions (bottom row)."""
+    pipe, controlnet = load(run.base), load_controlnet(checkpoint)
+    items = [trainer.dataset[len(trainer.dataset) - 1 - i] for i in range(4)]
+    s, maps_row, videos = run.sample, [], []
+    for item in items:
+        maps = pipe.control_maps(item["video"], controlnet.config.control, run.extractor,
+                                 controlnet.config.control_channels)
+        maps_row.append(maps_video(maps, fps=pipe.fps))
+        videos.append(pipe.generate(item["caption"] or None, control=maps, controlnet=controlnet, steps=s.steps,
+                                    guidance=s.guidance, sampler=s.sampler, seed=0))
+    Video.grid(maps_row + videos, cols=4).save(out)
+    write_file_atomic(out.with_suffix(".txt"),
+                      lambda tmp: tmp.write_text("\n".join(i["caption"] or "" for i in items) + "\n"))
+
+
 # One writer per run kind (vidiff.train.kinds.RUN_KINDS); a kind without one writes no samples.
-SAMPLE_WRITERS = {"denoiser": denoiser_samples, "autoencoder": autoencoder_samples}
+SAMPLE_WRITERS = {"denoiser": denoiser_samples, "autoencoder": autoencoder_samples,
+                  "controlnet": controlnet_samples}

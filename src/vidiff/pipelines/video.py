@@ -31,7 +31,9 @@ from vidiff.conditioning import Conditioning
 from vidiff.diffusion import (
     DEFAULT_GUIDANCE_WEIGHT, FRAME_METHODS, SAMPLERS, GuidedDenoiser, KnownFramesDenoiser, NetworkDenoiser, Schedule, sample,
 )
+from vidiff.models.controlnet import ControlledNetwork
 from vidiff.models.layers import sampling_step, set_sampling_step
+from vidiff.pipelines.control import ControlNetLike, ControlTasks, control_options
 from vidiff.pipelines.editing import EditingTasks
 from vidiff.pipelines.frames import FrameTasks
 from vidiff.pipelines.shipped import DEFAULT_MODEL, resolve_model
@@ -64,7 +66,7 @@ def _check_count(name: str, value) -> int:
     return value
 
 
-class VideoPipeline(FrameTasks, EditingTasks):
+class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
     """Generates videos with a trained denoiser.
 
     Args:
@@ -118,10 +120,13 @@ class VideoPipeline(FrameTasks, EditingTasks):
             return self.text_encoder.conditioning(prompts).to(self.device)
 
     def denoiser(self, guidance: float = 1.0, negative: Optional[Conditioning] = None,
-                 rescale: float = 0.0, frame_guidance: Optional[float] = None):
-        """The network as a denoiser, with classifier-free guidance: ``guidance`` on the text,
-        ``frame_guidance`` on known frames (None: frames are kept in every pass)."""
-        base = NetworkDenoiser(self.network, self.schedule, self.parameterization)
+                 rescale: float = 0.0, frame_guidance: Optional[float] = None,
+                 network: Optional[nn.Module] = None):
+        """The network (or ``network``, e.g. it steered by a ControlNet) as a denoiser, with
+        classifier-free guidance: ``guidance`` on the text, ``frame_guidance`` on known frames
+        (None: frames are kept in every pass)."""
+        base = NetworkDenoiser(self.network if network is None else network, self.schedule,
+                               self.parameterization)
         if self.text_encoder is None:
             guidance = 1.0
         if guidance == 1.0 and frame_guidance in (None, 1.0):
@@ -165,7 +170,8 @@ class VideoPipeline(FrameTasks, EditingTasks):
                start_t: Optional[float] = None, start: Optional[Tensor] = None, start_noised: bool = False,
                callback: Optional[Callback] = None, method: Optional[str] = None,
                guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT,
-               wrap: Optional[Callable[[Callable], Callable]] = None, **options) -> Tensor:
+               wrap: Optional[Callable[[Callable], Callable]] = None, controlnet=None,
+               control_scale: float = 1.0, control_range: Sequence[float] = (0.0, 1.0), **options) -> Tensor:
         """The one sampling loop every task calls.
 
         Args:
@@ -183,6 +189,9 @@ class VideoPipeline(FrameTasks, EditingTasks):
                 ``start`` already is the state at ``start_t`` (a partial inversion's output).
             wrap: ``wrap(denoiser) -> denoiser`` around the guided denoiser, before known
                 frames (a guidance that changes with the step, as null-text inversion's).
+            controlnet, control_scale, control_range: a ControlNet that reads ``cond.control``,
+                the weight of its residuals and the part of the run it acts in (fractions from
+                noise, 0, to clean, 1; see :class:`~vidiff.models.controlnet.ControlledNetwork`).
             callback: called after every step with ``{"step", "steps", "t", "x", "x0"}``.
                 Attention processors see the step index through
                 :func:`vidiff.models.layers.current_sampling_step` (0 for the first step).
@@ -206,7 +215,12 @@ class VideoPipeline(FrameTasks, EditingTasks):
                 t_max = min(float(start_t), self.schedule.t_max)
                 t = torch.full((x.shape[0],), t_max, dtype=x.dtype, device=x.device)
                 x = x if start_noised else self.schedule.add_noise(x, noise, t)
-        denoiser = self.denoiser(guidance, negative, guidance_rescale, frame_guidance)
+        network = None
+        if controlnet is not None:
+            network = ControlledNetwork(self.network, controlnet, control_scale, control_range)
+        elif cond is not None and cond.control is not None:
+            raise ValueError("cond.control is set but no ControlNet is given to read it")
+        denoiser = self.denoiser(guidance, negative, guidance_rescale, frame_guidance, network)
         if wrap is not None:
             denoiser = wrap(denoiser)
         method = self.check_method(method)
@@ -240,7 +254,10 @@ class VideoPipeline(FrameTasks, EditingTasks):
                  callback: Optional[Callback] = None,
                  prompt_schedule: Optional[Sequence[tuple[int, str]]] = None,
                  scheme: str = "autoregressive", overlap: Optional[int] = None, stride: int = 4,
-                 method: Optional[str] = None, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT):
+                 method: Optional[str] = None, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT,
+                 control=None, control_from=None, control_type: Optional[str] = None,
+                 controlnet: ControlNetLike = None, control_scale: float = 1.0,
+                 control_range: Sequence[float] = (0.0, 1.0), extractor=None):
         """Text to video, of any length.
 
         Args:
@@ -258,6 +275,14 @@ class VideoPipeline(FrameTasks, EditingTasks):
             negative_prompt: its text replaces the null text in the unconditional pass.
             samples: variations per prompt.
             progress: draw a progress bar; ``callback`` receives every step as well.
+            control, control_from: per-frame structure maps the clip follows (a map video, its
+                path, or a ``(C, T, H, W)`` tensor in [0, 1]), or a video to extract them from
+                (``extractor``: the TorchScript file ``depth`` and ``custom`` need); the same
+                maps serve every prompt and sample. See :mod:`vidiff.pipelines.control`.
+            control_type, controlnet: the kind of maps, and the ControlNet that reads them (a
+                shipped name, a directory or a loaded one; None: the shipped one of the type).
+            control_scale, control_range: the weight of the control, and the part of the run
+                (fractions from noise, 0, to clean, 1) in which it acts.
 
         Returns:
             a :class:`Video` for one prompt and one sample, else a list ordered prompt-major.
@@ -275,6 +300,16 @@ class VideoPipeline(FrameTasks, EditingTasks):
         if negative_prompt is not None and self.text_encoder is None:
             raise ValueError("this model is unconditional: a negative prompt has no effect")
         T = self.frames if num_frames is None else _check_count("frames", num_frames)
+        net = None
+        if control is not None or control_from is not None:
+            if T > self.frames or prompt_schedule or scheme != "autoregressive":
+                raise ValueError(f"control maps steer one clip of at most the training length "
+                                 f"({self.frames} frames), without a prompt schedule")
+            net = self.controlnet(controlnet, control_type)
+            options = control_options(net, control_scale, control_range)
+        elif controlnet is not None or control_type is not None:
+            raise ValueError("a ControlNet or control type needs control maps (control=...) or a "
+                             "video to extract them from (control_from=...)")
         if T > self.frames or prompt_schedule or scheme != "autoregressive":
             H, W = self.height if height is None else height, self.width if width is None else width
             empty = torch.zeros(self.channels, T, H, W), torch.zeros(1, T, H, W)
@@ -294,8 +329,15 @@ class VideoPipeline(FrameTasks, EditingTasks):
             if negative_prompt is not None:
                 negative = self.encode([negative_prompt])      # one row serves every sample
         seeds = [seed + k for _ in prompts for k in range(samples)]
+        extra = {}
+        if net is not None:
+            H, W = self.height if height is None else height, self.width if width is None else width
+            maps = self.control_conditioning(control, control_from, net, T, H, W, extractor)
+            batch = maps[None].expand(len(seeds), *maps.shape)                 # (B, C_ctrl, T, H, W)
+            cond = Conditioning(control=batch) if cond is None else cond.replace(control=batch)
+            extra = options
         x0 = self._run(cond, shape, seeds, progress, callback, steps=steps, sampler=sampler,
-                       guidance=guidance, negative=negative, guidance_rescale=guidance_rescale)
+                       guidance=guidance, negative=negative, guidance_rescale=guidance_rescale, **extra)
         videos = self.decode(x0)
         return self._one_or_list(videos, single)
 

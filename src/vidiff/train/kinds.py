@@ -1,13 +1,14 @@
 """The run-kind registry: what a run trains, by which objective, and how it reloads.
 
-A run config states its ``kind`` (``"denoiser"``, ``"autoencoder"``; later a
-super-resolution stage, a ControlNet, a distilled student). Each kind is one
+A run config states its ``kind`` (``"denoiser"``, ``"autoencoder"``, ``"controlnet"``; later a
+super-resolution stage, a distilled student). Each kind is one
 :class:`RunKind` entry: the model sizes it trains, the clip length it defaults to, how it
 builds its objective and trainer, the checkpoint kind it writes and the loader that rebuilds
 what it trained. A new kind is a new entry here, not a new branch on a name elsewhere.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,13 +16,16 @@ from typing import Callable, Optional
 from vidiff.checkpoint import resolve_checkpoint, submodule_state
 from vidiff.compose import (
     RunConfig, autoencoder_fingerprint, build_autoencoder_for, build_network_for, build_text_encoder_for,
-    copy_autoencoder, load_autoencoder, load_denoiser, text_encoder_dir,
+    copy_autoencoder, load_autoencoder, load_controlnet, load_denoiser, text_encoder_dir, weights_fingerprint,
 )
+from vidiff.compose.shipped import resolve_model
 from vidiff.config import ConfigError, to_dict
 from vidiff.data import collate
+from vidiff.data.control import NEEDS_EXTRACTOR, extract, load_extractor
 from vidiff.data.common import vocabulary_captions
 from vidiff.data.latents import LatentCache
-from vidiff.models.registry import AUTOENCODERS, MODELS, network_spec
+from vidiff.models.controlnet import CONTROL_TYPES, ControlledNetwork
+from vidiff.models.registry import AUTOENCODERS, CONTROLNETS, MODELS, architecture_of, build_controlnet, network_spec, resolve_config
 from vidiff.text.tokenizer import WordTokenizer
 from vidiff.train.autoencoder import AutoencoderObjective, estimate_scaling
 from vidiff.train.objective import DiffusionObjective
@@ -121,6 +125,54 @@ def _autoencoder_trainer(run: RunConfig, dataset, resume: Optional[str], progres
     return Trainer(objective, dataset, run.train, checkpoint_config, progress=progress)
 
 
+# ----------------------------------------------------------------------------- ControlNet
+# The base's diffusion fields a ControlNet must share: it learns corrections to the base's
+# predictions, which mean something only under the base's schedule and parameterization.
+_SHARED_DIFFUSION = ("schedule", "shift", "zero_terminal_snr", "parameterization")
+
+
+def _controlnet_trainer(run: RunConfig, dataset, resume: Optional[str], progress: bool) -> Trainer:
+    if not run.base:
+        raise ConfigError("kind controlnet needs base: a shipped model's name (e.g. shapes) or a "
+                          "denoiser checkpoint or run directory")
+    if run.control not in CONTROL_TYPES:
+        raise ConfigError(f"control: {run.control!r} is not a control type; accepted: {list(CONTROL_TYPES)}")
+    if run.control in NEEDS_EXTRACTOR and not run.extractor:
+        raise ConfigError(f"control: {run.control} needs extractor: a TorchScript file that makes its "
+                          "maps from each training clip (vidiff downloads no weights)")
+    base = load_denoiser(resolve_model(run.base), device="cpu")
+    if base.vae is not None:
+        raise ConfigError(f"base {run.base!r} is a latent model; a ControlNet trains over a pixel base "
+                          "(its maps are per-pixel, per-frame)")
+    base_diffusion, ours = to_dict(base.run.diffusion), to_dict(run.diffusion)
+    differ = {k: (ours[k], base_diffusion[k]) for k in _SHARED_DIFFUSION if ours[k] != base_diffusion[k]}
+    if differ and run.diffusion != type(run.diffusion)():
+        raise ConfigError(f"diffusion {differ} (run, base) differ from the base's: a ControlNet trains "
+                          "under its base's schedule and parameterization (leave diffusion unset)")
+    # What the ControlNet trains under is its base's: diffusion and text settings come from it.
+    run.diffusion, run.text = base.run.diffusion, base.run.text
+    base.network.requires_grad_(False).eval()
+    if base.text_encoder is not None:
+        base.text_encoder.requires_grad_(False).eval()
+    base.network.check_shape((1, base.network.config.in_channels, run.data.frames, run.data.size, run.data.size))
+    config = resolve_config(run.model.size, run.model.overrides)
+    channels = CONTROL_TYPES[run.control] or config.control_channels
+    config = dataclasses.replace(config, base_arch=architecture_of(base.network.config),
+                                 base=to_dict(base.network.config), control=run.control, control_channels=channels)
+    controlnet = build_controlnet(config)
+    controlnet.load_base(base.network)            # the copy starts as the base's encoder
+    extractor = load_extractor(run.extractor) if run.extractor else None
+    objective = DiffusionObjective(
+        ControlledNetwork(base.network, controlnet), base.text_encoder, run.diffusion,
+        text_dropout=run.train.text_dropout if base.text_encoder is not None else 0.0,
+        frame_stride=getattr(base.network.config, "frame_stride", False),
+        control=lambda clips: extract(run.control, clips, extractor, channels))
+    checkpoint_config = {"kind": "controlnet", "arch": "controlnet", "network": to_dict(config),
+                         "base": {"model": run.base, "fingerprint": weights_fingerprint(base.network, base.text_encoder, base.vae)},
+                         "run": to_dict(run), "fps": _fps(dataset)}
+    return Trainer(objective, dataset, run.train, checkpoint_config, collate=collate, progress=progress)
+
+
 # 1 + 4k frames: what a 4x temporal autoencoder codes without padding.
 AUTOENCODER_FRAMES = 17
 
@@ -136,6 +188,8 @@ RUN_KINDS: dict[str, RunKind] = {
     "autoencoder": RunKind("autoencoder", "autoencoder", tuple(AUTOENCODERS),
                            lambda run: AUTOENCODER_FRAMES, _autoencoder_trainer,
                            lambda path, device=None: load_autoencoder(path, device=device)),
+    "controlnet": RunKind("controlnet", "controlnet", tuple(CONTROLNETS), lambda run: None,
+                          _controlnet_trainer, lambda path, device=None: load_controlnet(path, device=device)),
 }
 
 

@@ -12,7 +12,7 @@ resumed run draws exactly what the uninterrupted one would have.
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -84,13 +84,18 @@ class DiffusionObjective(nn.Module):
             holds them (``batch["latents"]``, from a latent cache).
         tasks: the frame-task mix for a network with known-frame inputs (None: text-to-video
             only). Latent models draw their masks on the latent grid.
+        control: ``fn(clips (B, 3, T, H, W) in [-1, 1]) -> maps (B, C_ctrl, T, H, W)`` for a
+            pixel network that reads ``cond.control`` (a base with its ControlNet): each
+            batch's maps are extracted from its own clips.
     """
 
     def __init__(self, network: nn.Module, text_encoder: Optional[nn.Module], diffusion: DiffusionConfig,
                  text_dropout: float, frame_stride: bool = False, vae: Optional[nn.Module] = None,
-                 tasks: Optional[TasksConfig] = None):
+                 tasks: Optional[TasksConfig] = None, control: Optional[Callable[[Tensor], Tensor]] = None):
         super().__init__()
-        self.tasks = tasks
+        if control is not None and vae is not None:
+            raise ValueError("control maps are extracted from pixel clips: a latent model cannot take them")
+        self.tasks, self.control = tasks, control
         if tasks is not None:
             self._task_weights = torch.tensor(list(tasks.weights().values()), dtype=torch.float64)
         if vae is not None:
@@ -148,6 +153,10 @@ class DiffusionObjective(nn.Module):
             known, mask, known_noise = self.frame_task(x0, draws)
             cond = (cond or Conditioning()).replace(known=known, mask=mask, known_noise=known_noise)
             known_weight = self.tasks.known_weight
+        if self.control is not None:
+            with torch.no_grad():
+                maps = self.control(x0)                                 # (B, C_ctrl, T, H, W)
+            cond = (cond or Conditioning()).replace(control=maps.to(device=device, dtype=x0.dtype))
         pred = self.network(x_t, t, cond)
         loss = diffusion_loss(pred, x0, noise, t, self.schedule, d.parameterization,
                               d.loss_weighting, d.min_snr_gamma, known=mask, known_weight=known_weight)
