@@ -73,3 +73,21 @@ def test_inputs_and_captions():
         score([clip, clip], ["a cyan triangle moving up"])
     with pytest.raises(ValueError, match="uint8 frames"):
         detect(np.zeros((8, 32, 32), np.uint8))
+
+
+def test_foreground_and_centroids_are_the_rendered_shape():
+    # A square is symmetric about its centre: the centroid of its pixels is the centre, in
+    # pixel-index units (continuous coordinates minus half a pixel).
+    from vidiff.data.shapes import geometry, render, shape_masks
+    from vidiff.eval.shapes import centroids, foreground
+    g = geometry("down", 6, 32)
+    start = (12.0, g["y"][0] + 1.0)
+    clip = render("green", "square", "down", frames=6, size=32, start=start)
+    k = np.arange(6)
+    cx, cy = start[0] + g["step"][0] * k, start[1] + g["step"][1] * k
+    assert np.array_equal(foreground(clip), shape_masks("square", cx, cy, g["radius"], 32, 32))
+    expected = np.stack([cx, cy], 1) - 0.5
+    # Pixel sampling moves a centroid by at most half a pixel from the exact centre.
+    assert np.abs(centroids(clip) - expected).max() <= 0.5
+    blank = centroids(np.zeros((2, 8, 8, 3), np.uint8))
+    assert blank.shape == (2, 2) and np.isnan(blank).all()

@@ -351,3 +351,15 @@ def test_generate_and_ship_commands_with_a_shipped_name(run_dir, folder, tmp_pat
     scores.write_text("[1, 2]")
     assert main(["ship", str(run_dir), "--name", "tiny", "--scores", str(scores)]) == 2
     assert "scores must be a JSON object" in one_error_line(capsys, "ship")
+
+
+def test_a_fine_tune_starts_from_a_shipped_model_by_name(run_dir, folder, tmp_path):
+    # train.init_from takes a shipped name as --model does: the fine-tune's first weights are
+    # the shipped float16 ones, and its text encoder (the vocabulary above all) is the shipped one.
+    ship(run_dir, "tiny", root=folder)
+    run = load_run_config(None, [f"train.out_dir={tmp_path / 'ft'}", "train.init_from=tiny", "train.steps=1"],
+                          base=TINY)
+    trainer = build_trainer(run, progress=False)
+    shipped = load_file(str(folder / "tiny" / "ema.safetensors"))
+    state = trainer.objective.state_dict()
+    assert shipped and all(torch.equal(state[k], v.float()) for k, v in shipped.items())

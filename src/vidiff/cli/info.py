@@ -48,7 +48,9 @@ def format_shipped(rows: list[dict], folder) -> str:
             lines += [f"{row['name']}: damaged", f"  {row['problem']}"]
             continue
         lines += [f"{row['name']}: {card['description'] or '(no description)'}",
-                  f"  model        {card['model']} {card['kind']}, text encoder: {card['text']}",
+                  f"  model        {card['model']} {card['kind']}, " +
+                  (f"over the base {card['base']!r} (its text encoder)" if card.get("base")
+                   else f"text encoder: {card['text']}"),
                   f"  trained on   {_trained_on(card['trained_on'] or {})}",
                   f"  size         {card['parameters']:,} parameters, {row['bytes'] / MB:.1f} MB on disk "
                   f"({card['dtype']})",

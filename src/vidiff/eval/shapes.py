@@ -77,6 +77,37 @@ def to_frames(video) -> np.ndarray:
     return array.astype(np.float64)
 
 
+def _foreground(frames: np.ndarray) -> Optional[np.ndarray]:
+    """``bool (T, H, W)`` by the module's foreground rule, None when the clip has no contrast."""
+    level = frames.max(axis=-1)                                 # (T, H, W) brightest channel
+    background, peak = float(np.median(level)), float(np.percentile(level, 99.5))
+    if peak - background < _MIN_CONTRAST:
+        return None
+    return level > background + 0.5 * (peak - background)
+
+
+def foreground(video) -> np.ndarray:
+    """``bool (T, H, W)``: each frame's largest foreground region by the detector's rule (all
+    False for a clip without contrast): the shape's silhouette as the judge sees it."""
+    frames = to_frames(video)
+    mask = _foreground(frames)
+    if mask is None:
+        return np.zeros(frames.shape[:3], bool)
+    regions = [_largest_region(m) for m in mask]
+    return np.stack([r if r is not None else np.zeros_like(m) for r, m in zip(regions, mask)])
+
+
+def centroids(video) -> np.ndarray:
+    """``float (T, 2)``: the ``(x, y)`` centroid of each frame's :func:`foreground` in pixel
+    units (the centre of pixel ``(i, j)`` is ``(j, i)``), NaN for a frame without one."""
+    out = np.full((0, 2), np.nan)
+    rows = []
+    for mask in foreground(video):
+        ys, xs = np.nonzero(mask)
+        rows.append((xs.mean(), ys.mean()) if len(xs) else (np.nan, np.nan))
+    return np.array(rows, np.float64) if rows else out
+
+
 def _largest_region(mask: np.ndarray) -> Optional[np.ndarray]:
     labels, n = ndimage.label(mask)
     if n == 0:
@@ -112,12 +143,10 @@ def detect(video, details: bool = False) -> dict:
     """
     frames = to_frames(video)                                   # (T, H, W, 3) in [0, 255]
     T, H, W, _ = frames.shape
-    level = frames.max(axis=-1)                                 # (T, H, W) brightest channel
-    background, peak = float(np.median(level)), float(np.percentile(level, 99.5))
     result = {"color": None, "shape": None, "direction": None}
-    if peak - background < _MIN_CONTRAST:
+    foreground = _foreground(frames)
+    if foreground is None:
         return {**result, "features": None} if details else result
-    foreground = level > background + 0.5 * (peak - background)
     regions = [_largest_region(foreground[t]) for t in range(T)]
     areas = np.array([r.sum() if r is not None else 0 for r in regions], np.float64)
     found = areas > 0

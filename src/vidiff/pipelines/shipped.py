@@ -187,7 +187,7 @@ def _card(name: str, folder: Path, config: dict, scores: Optional[dict], descrip
             "batch_size": (run.get("train") or {}).get("batch_size"), "command": command,
             "parameters": sum(parts.values()), "parameters_by_part": parts, "dtype": "float16",
             "bytes": sum(f["bytes"] for f in files.values()), "scores": scores or {},
-            "vidiff_version": __version__, "files": files}
+            "base": (config.get("base") or {}).get("model"), "vidiff_version": __version__, "files": files}
 
 
 def _config_path(config: dict, dest: Path) -> str:

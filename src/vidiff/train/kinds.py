@@ -66,7 +66,7 @@ def _denoiser_trainer(run: RunConfig, dataset, resume: Optional[str], progress: 
         vae.fingerprint = autoencoder_fingerprint(run.model.vae)
         vae.latent_shape(run.data.frames, run.data.size, run.data.size)   # the clip size must fit
     # Resuming or fine-tuning keeps the checkpoint's text encoder (its vocabulary above all).
-    source = resume or run.train.init_from
+    source = resume or (resolve_model(run.train.init_from) if run.train.init_from else None)
     text_dir = text_encoder_dir(resolve_checkpoint(source)) if source else None
     text_encoder = build_text_encoder_for(run, captions=None if text_dir else vocabulary_captions(dataset),
                                           text_dir=text_dir)

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from vidiff.checkpoint import write_file_atomic
 from vidiff.compose import RunConfig
+from vidiff.compose.shipped import resolve_model
 from vidiff.data import build_dataset
 from vidiff.train.kinds import run_kind
 from vidiff.train.trainer import Trainer
@@ -35,8 +36,8 @@ def build_trainer(run: RunConfig, resume: Optional[str] = None, progress: bool =
     trainer = kind.build(run, dataset, resume, progress)
     if resume is not None:
         trainer.resume(resume)
-    elif run.train.init_from:
-        trainer.load_weights(run.train.init_from, ema=True)
+    elif run.train.init_from:       # a checkpoint or run directory, or a shipped model's name
+        trainer.load_weights(resolve_model(run.train.init_from), ema=True)
     return trainer
 
 
