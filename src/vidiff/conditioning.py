@@ -1,8 +1,8 @@
 """The one object through which every condition reaches a denoiser.
 
-Text, known frames (image-to-video, forecasting, interpolation, inpainting, outpainting,
-extension), frame rate, a low-resolution clip (super-resolution) and control maps all travel
-in a :class:`Conditioning`. Unset parts are ``None`` and cost nothing. Samplers pass it through
+Text (and a reference image of the subject), known frames (image-to-video, forecasting,
+interpolation, inpainting, outpainting, extension), frame rate, a low-resolution clip
+(super-resolution) and control maps all travel in a :class:`Conditioning`. Unset parts are ``None`` and cost nothing. Samplers pass it through
 untouched; classifier-free guidance builds its unconditional passes with
 :meth:`Conditioning.null` (or :meth:`Conditioning.with_text_of` for a negative prompt) and runs
 every pass as one batched call on :meth:`Conditioning.cat`.
@@ -19,7 +19,7 @@ from torch import Tensor
 
 # Fields that hold a batch-first tensor, in declaration order.
 _TENSOR_FIELDS = (
-    "text", "text_mask", "text_pooled", "drop_text",
+    "text", "text_mask", "text_pooled", "drop_text", "reference", "reference_mask",
     "known", "mask", "known_noise",
     "frame_stride",
     "low_res", "low_res_noise",
@@ -39,7 +39,14 @@ class Conditioning:
             token is real).
         text_pooled: ``(B, D_pooled)`` one vector per prompt.
         drop_text: ``(B,)`` bool, True where the network must use its learned null text
-            embedding instead of ``text`` (classifier-free guidance, text dropout in training).
+            embedding instead of ``text`` (classifier-free guidance, text dropout in training);
+            such a row ignores its ``reference`` too (the reference is part of the prompt).
+        reference: ``(B, 3, H_r, W_r)`` in ``[-1, 1]``: an image whose subject and style the
+            clip should show (extra cross-attention tokens of a network built with
+            ``reference_tokens``), not pinned to any frame.
+        reference_mask: ``(B,)`` bool, True where ``reference`` is a real image (absent: every
+            row's is); other rows carry a placeholder the network ignores, so that one batch can
+            mix rows with and without a reference.
         known: ``(B, C, T, H, W)`` known pixels or latents; values where ``mask == 0`` are
             ignored (networks zero them, so the content there never leaks).
         mask: ``(B, 1, T, H, W)`` float, 1 where ``known`` is known, 0 elsewhere.
@@ -56,6 +63,8 @@ class Conditioning:
     text_mask: Optional[Tensor] = None
     text_pooled: Optional[Tensor] = None
     drop_text: Optional[Tensor] = None
+    reference: Optional[Tensor] = None
+    reference_mask: Optional[Tensor] = None
     known: Optional[Tensor] = None
     mask: Optional[Tensor] = None
     known_noise: Optional[Tensor] = None
@@ -71,6 +80,8 @@ class Conditioning:
                  if getattr(self, name) is not None}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"Conditioning: fields disagree on the batch size: {sizes}")
+        if self.reference_mask is not None and self.reference is None:
+            raise ValueError("Conditioning: 'reference_mask' needs 'reference'")
         if self.text_mask is not None and (self.text is None or self.text_mask.shape != self.text.shape[:2]):
             shape = None if self.text is None else tuple(self.text.shape)
             raise ValueError(f"Conditioning: text_mask {tuple(self.text_mask.shape)} must be (B, L) "

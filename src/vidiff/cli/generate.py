@@ -36,6 +36,9 @@ def add_generate(sub) -> None:
     p.add_argument("--grid", action="store_true", help="write all videos as one grid")
     p.add_argument("--from-noise", type=existing_file, metavar="FILE",
                    help="a noise file of `vidiff invert`: reproduce its clip (its prompt, steps, guidance)")
+    p.add_argument("--reference", type=existing_path, metavar="IMAGE",
+                   help="an image whose subject and style the video shows (a model with a reference "
+                        "pathway, e.g. shapes-reference); the prompt may name only the motion")
     control = p.add_argument_group("control (ControlNet: docs/control.md)")
     control.add_argument("--control", type=existing_path, metavar="MAPS",
                          help="per-frame structure maps to follow: a map video or a folder of frames")
@@ -73,6 +76,11 @@ def run_generate(args) -> int:
     if options["prompt_schedule"] is not None and prompts is not None and len(prompts) > 1:
         raise ValueError("--prompt-schedule goes with at most one --prompt (the prompt before its first frame)")
     control = _control_kwargs(args)     # bad maps or a missing extractor: refused before the model loads
+    if args.reference is not None:
+        image = read_video(args.reference, "reference image")
+        if image.num_frames != 1:
+            raise ValueError(f"--reference {args.reference!r} has {image.num_frames} frames; give one image")
+        control["reference"] = image
     pipe = load(args.model, device=args.device)
     videos = pipe.generate(prompts if prompts is not None else None, num_frames=args.frames,
                            samples=args.samples, height=args.height, width=args.width,

@@ -180,6 +180,28 @@ class TasksConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """How a network with a reference pathway (``model.overrides.reference_tokens``) learns it.
+
+    A share ``prob`` of the training samples gets a reference image: one frame of its own clip,
+    at a random frame, circularly shifted by a random offset (so the reference says what the
+    subject looks like, never where it is or when). Of those, a share ``drop_prob`` loses
+    every word of ``drop_words`` from its caption ("a red circle moving right" with the colours
+    and shapes dropped is "a moving right"), so the reference alone must carry the subject and
+    a prompt can name only the motion.
+    """
+    prob: float = 0.0
+    drop_prob: float = 0.5
+    drop_words: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for name in ("prob", "drop_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"reference.{name} must be in [0, 1], got {getattr(self, name)}")
+        self.drop_words = [str(w).lower() for w in self.drop_words]
+
+
+@dataclass
 class SampleConfig:
     """How samples are drawn: the one source of the sampling defaults that the pipeline, the
     commands and the samples written during training share.
@@ -228,5 +250,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 

@@ -8,7 +8,9 @@ A network sees conditions in three ways:
   frame stride, the low-resolution noise level and the pooled text vector, each with its own
   embedder, summed;
 * a token sequence for cross-attention: the text embeddings, projected to the network width,
-  with a learned null sequence for rows that drop their text (classifier-free guidance).
+  with a learned null sequence for rows that drop their text (classifier-free guidance), and,
+  for a network built with a reference pathway, a few tokens of a reference image appended
+  (:class:`ReferenceEncoder`, trained with the network).
 
 UNet3D and VideoDiT both own one :class:`ConditionEmbedder`, so the two backbones accept
 exactly the same conditions in exactly the same way.
@@ -47,18 +49,26 @@ class ConditionEmbedder(nn.Module):
             input takes, which the network already reproduces.
         frame_stride: embed ``frame_stride``.
         low_res: accept a low-resolution clip as extra input channels.
+        reference_tokens: append this many tokens of ``cond.reference`` to the cross-attention
+            context (0: no reference pathway; needs text).
     """
 
-    # Embedders a fine-tune may add to a checkpoint that lacks them.
+    # Embedders a fine-tune may add to a checkpoint that lacks them (zeroed: no effect at first),
+    # and every part a fine-tune may add (the reference encoder acts only where a reference is given).
     OPTIONAL_EMBEDDERS = ("known_noise", "stride", "low_res_noise")
+    ADDABLE = OPTIONAL_EMBEDDERS + ("reference",)
 
     def __init__(self, in_channels: int, emb_dim: int, text_dim: Optional[int] = None,
                  context_dim: Optional[int] = None, pooled_dim: Optional[int] = None,
                  known_frames: bool = False, frame_stride: bool = False, low_res: bool = False,
-                 known_in_place: bool = False):
+                 known_in_place: bool = False, reference_tokens: int = 0):
         super().__init__()
         if known_in_place and not known_frames:
             raise ValueError("known_in_place needs known_frames: true")
+        if reference_tokens < 0:
+            raise ValueError(f"reference_tokens must be >= 0, got {reference_tokens}")
+        if reference_tokens and text_dim is None:
+            raise ValueError("a reference pathway adds cross-attention tokens: it needs text (text_dim)")
         self.known_in_place = known_in_place
         self.in_channels, self.text_dim = in_channels, text_dim
         self.known_frames, self.low_res = known_frames, low_res
@@ -71,6 +81,7 @@ class ConditionEmbedder(nn.Module):
             # because attention over identical keys returns that token's value.
             self.null_text = nn.Parameter(torch.randn(1, 1, text_dim) * 0.02)
             self.text_proj = nn.Linear(text_dim, context_dim or text_dim)
+        self.reference = ReferenceEncoder(context_dim or text_dim, reference_tokens) if reference_tokens else None
         self.pooled_proj = None
         if pooled_dim is not None:
             self.null_pooled = nn.Parameter(torch.zeros(1, pooled_dim))
@@ -162,8 +173,23 @@ class ConditionEmbedder(nn.Module):
 
     def context(self, cond: Optional[Conditioning], batch: int, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """Cross-attention tokens ``(B, L, context_dim)`` and mask ``(B, L)``; (None, None) without text."""
+        if cond is not None and cond.reference is not None and self.reference is None:
+            raise ValueError(f"cond.reference {tuple(cond.reference.shape)}: this network was built without "
+                             "a reference pathway (reference: true); remove the reference image")
         if self.text_dim is None:
             return None, None
+        context, mask = self._text_context(cond, batch, device)               # (B, L, C), (B, L)
+        if self.reference is not None and cond is not None and cond.reference is not None:
+            tokens = self.reference(cond.reference.to(context.dtype))           # (B, K, C)
+            # A row that drops its prompt drops its reference too (one null for guidance).
+            keep = ~cond.text_dropped(batch, device)
+            if cond.reference_mask is not None:
+                keep = keep & cond.reference_mask.to(device=device, dtype=torch.bool)
+            context = torch.cat([context, tokens.to(context.dtype)], 1)         # (B, L + K, C)
+            mask = torch.cat([mask, keep[:, None].expand(-1, tokens.shape[1])], 1)
+        return context, mask
+
+    def _text_context(self, cond: Optional[Conditioning], batch: int, device) -> tuple[Tensor, Tensor]:
         null = self.null_text.expand(batch, -1, -1)                          # (B, 1, text_dim)
         if cond is None or cond.text is None:
             return self.text_proj(null), torch.ones(batch, 1, dtype=torch.bool, device=device)
@@ -177,3 +203,35 @@ class ConditionEmbedder(nn.Module):
         text = torch.where(drop[:, None, None], null.to(text.dtype).expand(-1, L, -1), text)
         mask = mask | drop[:, None]
         return self.text_proj(text.to(self.text_proj.weight.dtype)), mask
+
+
+class ReferenceEncoder(nn.Module):
+    """A reference image ``(B, 3, H, W)`` in [-1, 1] -> ``tokens (B, K, dim)`` for cross-attention.
+
+    A small convolutional encoder at a fixed working size (the image is resized to
+    :attr:`SIZE` first, so any size is accepted), pooled over the whole image (mean and max of
+    every channel) before the tokens are made: the tokens say *what* the image shows (colour,
+    shape, texture), not *where*, so a reference sets the subject without pinning a position.
+    """
+
+    SIZE = 32
+
+    def __init__(self, dim: int, tokens: int, width: int = 64):
+        super().__init__()
+        self.tokens, self.dim = tokens, dim
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, width // 2, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width // 2, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1))
+        self.to_tokens = nn.Sequential(nn.Linear(2 * width, dim), nn.SiLU(), nn.Linear(dim, tokens * dim))
+
+    def forward(self, image: Tensor) -> Tensor:
+        # image: (B, 3, H, W) -> (B, K, dim)
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"cond.reference must be (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
+        x = F.interpolate(image, size=(self.SIZE, self.SIZE), mode="bilinear", antialias=True,
+                          align_corners=False)                                 # (B, 3, S, S)
+        h = self.convs(x)                                                       # (B, W, S/4, S/4)
+        pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)                 # (B, 2W)
+        return self.to_tokens(pooled).view(-1, self.tokens, self.dim)           # (B, K, dim)

@@ -109,6 +109,7 @@ class DiTConfig:
     known_in_place: bool = False              # known pixels also replace x_t where known
     frame_stride: bool = False                # embed cond.frame_stride
     low_res: bool = False                     # super-resolution: upsampled low-res clip as input
+    reference_tokens: int = 0                 # > 0: a reference image adds this many cross-attention tokens
     qk_norm: bool = True
     grad_checkpoint: bool = False
 
@@ -295,7 +296,7 @@ class VideoDiT(nn.Module):
         D, p, pt = cfg.hidden, cfg.patch, cfg.patch_t
         self.cond = ConditionEmbedder(cfg.in_channels, D, cfg.text_dim, D, cfg.pooled_dim,
                                       cfg.known_frames, cfg.frame_stride, cfg.low_res,
-                                      known_in_place=cfg.known_in_place)
+                                      known_in_place=cfg.known_in_place, reference_tokens=cfg.reference_tokens)
         self.x_embed = nn.Linear((cfg.in_channels + self.cond.extra_channels) * pt * p * p, D)
         self.slots = _slots("factorized" in cfg.modes, cfg.text_dim is not None)
         self.adaln = nn.Linear(D, len(self.slots) * 3 * D) if cfg.adaln == "single" else None

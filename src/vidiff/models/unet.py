@@ -84,6 +84,7 @@ class UNetConfig:
     frame_conditioning: bool = False          # per-frame FiLM: condition x frame index through an MLP
     position_embedding: bool = False          # add a 2D sinusoidal pixel-position embedding at the input
     low_res: bool = False                     # super-resolution: upsampled low-res clip as input
+    reference_tokens: int = 0                 # > 0: a reference image adds this many cross-attention tokens
     patch: int = 1                            # space-to-depth stem: compute at H/patch x W/patch
     conv3d: bool = False                      # full k x 3 x 3 convs instead of pseudo-3D
     temporal_kernel: int = 3
@@ -375,7 +376,7 @@ class UNet3D(nn.Module):
         context_dim = ch[-1]
         self.cond = ConditionEmbedder(cfg.in_channels, emb_dim, cfg.text_dim, context_dim,
                                       cfg.pooled_dim, cfg.known_frames, cfg.frame_stride, cfg.low_res,
-                                      known_in_place=cfg.known_in_place)
+                                      known_in_place=cfg.known_in_place, reference_tokens=cfg.reference_tokens)
         # A patch > 1 folds each patch x patch pixel block into channels (pixel_unshuffle), so
         # the whole network runs at a coarser grid: the cheapest way to give small clips the
         # "right resolution inside the network" without losing a pixel of the output.

@@ -35,7 +35,7 @@ from vidiff.models.controlnet import ControlledNetwork
 from vidiff.models.layers import sampling_step, set_sampling_step
 from vidiff.pipelines.control import ControlNetLike, ControlTasks, control_options
 from vidiff.pipelines.editing import EditingTasks
-from vidiff.pipelines.frames import FrameTasks
+from vidiff.pipelines.frames import FrameTasks, clip_tensor
 from vidiff.pipelines.shipped import DEFAULT_MODEL, resolve_model
 from vidiff.video import DEFAULT_FPS, Video
 
@@ -257,7 +257,7 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
                  method: Optional[str] = None, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT,
                  control=None, control_from=None, control_type: Optional[str] = None,
                  controlnet: ControlNetLike = None, control_scale: float = 1.0,
-                 control_range: Sequence[float] = (0.0, 1.0), extractor=None):
+                 control_range: Sequence[float] = (0.0, 1.0), extractor=None, reference=None):
         """Text to video, of any length.
 
         Args:
@@ -283,6 +283,10 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
                 shipped name, a directory or a loaded one; None: the shipped one of the type).
             control_scale, control_range: the weight of the control, and the part of the run
                 (fractions from noise, 0, to clean, 1) in which it acts.
+            reference: an image (a one-frame :class:`Video`, a uint8 ``(H, W, 3)`` array or a
+                ``(3, 1, H, W)`` tensor in [-1, 1], any size) whose subject and style every clip
+                shows, for a model with a reference pathway; the prompt may then name only the
+                motion ("a moving up"). It is part of the prompt: guidance drops it with the text.
 
         Returns:
             a :class:`Video` for one prompt and one sample, else a list ordered prompt-major.
@@ -310,6 +314,16 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
         elif controlnet is not None or control_type is not None:
             raise ValueError("a ControlNet or control type needs control maps (control=...) or a "
                              "video to extract them from (control_from=...)")
+        if reference is not None:
+            if not getattr(getattr(self.network, "config", None), "reference_tokens", 0):
+                raise ValueError(f"this model ({self.source or 'in memory'}) has no reference pathway: "
+                                 "use one trained with reference_tokens (the shipped shapes-reference)")
+            if self.text_encoder is None or T > self.frames or prompt_schedule or scheme != "autoregressive":
+                raise ValueError(f"a reference image conditions one text-conditioned clip of at most the "
+                                 f"training length ({self.frames} frames), without a prompt schedule")
+            image = clip_tensor(reference, "reference image")
+            if image.shape[1] != 1:
+                raise ValueError(f"the reference must be one image, got {image.shape[1]} frames")
         if T > self.frames or prompt_schedule or scheme != "autoregressive":
             H, W = self.height if height is None else height, self.width if width is None else width
             empty = torch.zeros(self.channels, T, H, W), torch.zeros(1, T, H, W)
@@ -330,6 +344,9 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
                 negative = self.encode([negative_prompt])      # one row serves every sample
         seeds = [seed + k for _ in prompts for k in range(samples)]
         extra = {}
+        if reference is not None:
+            images = image[:, 0][None].expand(len(seeds), -1, -1, -1).to(self.device)   # (B, 3, H_r, W_r)
+            cond = cond.replace(reference=images)
         if net is not None:
             H, W = self.height if height is None else height, self.width if width is None else width
             maps = self.control_conditioning(control, control_from, net, T, H, W, extractor)

@@ -72,11 +72,19 @@ def _denoiser_trainer(run: RunConfig, dataset, resume: Optional[str], progress: 
                                           text_dir=text_dir)
     network = build_network_for(run, text_encoder, vae)
     _check_latent_cache(dataset, vae, text_encoder)
+    references = getattr(network.config, "reference_tokens", 0) > 0
+    if run.reference.prob > 0 and not references:
+        raise ConfigError(f"reference.prob is {run.reference.prob} but the network has no reference pathway: "
+                          "set model.overrides.reference_tokens (e.g. 4)")
+    if references and run.reference.prob == 0:
+        raise ConfigError("the network has a reference pathway (reference_tokens) that would never train: "
+                          "set reference.prob > 0")
     objective = DiffusionObjective(
         network, text_encoder, run.diffusion,
         text_dropout=run.train.text_dropout if text_encoder is not None else 0.0,
         frame_stride=getattr(network.config, "frame_stride", False), vae=vae,
-        tasks=run.tasks if getattr(network.config, "known_frames", False) else None)
+        tasks=run.tasks if getattr(network.config, "known_frames", False) else None,
+        reference=run.reference if references else None)
     checkpoint_config = {"kind": run_kind(run).checkpoint_kind, **network_spec(network), "run": to_dict(run),
                          "fps": _fps(dataset)}
 

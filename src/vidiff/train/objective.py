@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from vidiff.compose.config import DiffusionConfig, TasksConfig
+from vidiff.compose.config import DiffusionConfig, ReferenceConfig, TasksConfig
 from vidiff.conditioning import Conditioning
 from vidiff.diffusion import TASKS, diffusion_loss, draw_task_mask
 
@@ -84,6 +84,8 @@ class DiffusionObjective(nn.Module):
             holds them (``batch["latents"]``, from a latent cache).
         tasks: the frame-task mix for a network with known-frame inputs (None: text-to-video
             only). Latent models draw their masks on the latent grid.
+        reference: how a network with a reference pathway learns it (which samples get a
+            reference image, which captions lose their subject words; None: never).
         control: ``fn(clips (B, 3, T, H, W) in [-1, 1]) -> maps (B, C_ctrl, T, H, W)`` for a
             pixel network that reads ``cond.control`` (a base with its ControlNet): each
             batch's maps are extracted from its own clips.
@@ -91,8 +93,10 @@ class DiffusionObjective(nn.Module):
 
     def __init__(self, network: nn.Module, text_encoder: Optional[nn.Module], diffusion: DiffusionConfig,
                  text_dropout: float, frame_stride: bool = False, vae: Optional[nn.Module] = None,
-                 tasks: Optional[TasksConfig] = None, control: Optional[Callable[[Tensor], Tensor]] = None):
+                 tasks: Optional[TasksConfig] = None, control: Optional[Callable[[Tensor], Tensor]] = None,
+                 reference: Optional[ReferenceConfig] = None):
         super().__init__()
+        self.reference = reference if reference is not None and reference.prob > 0 else None
         if control is not None and vae is not None:
             raise ValueError("control maps are extracted from pixel clips: a latent model cannot take them")
         self.tasks, self.control = tasks, control
@@ -147,7 +151,16 @@ class DiffusionObjective(nn.Module):
         t = draws.times(d.time_distribution, d.logit_mean, d.logit_std).to(device)
         noise = draws.normal(tuple(x0.shape[1:]), "noise").to(device=device, dtype=x0.dtype)
         x_t = self.schedule.add_noise(x0, noise, t)
-        cond = self.conditioning(batch["caption"], draws, batch.get("frame_stride"), device, batch)
+        captions, references = batch["caption"], None
+        if self.reference is not None:
+            if "video" not in batch:
+                raise ValueError("reference images are frames of the training clips: a latent cache has none")
+            captions, references = self.reference_images(batch["video"], captions, draws)
+        cond = self.conditioning(captions, draws, batch.get("frame_stride"), device, batch)
+        if references is not None and references[1].any():
+            # Rows without a reference carry a placeholder that reference_mask hides: one batched call.
+            cond = cond.replace(reference=references[0].to(device=device, dtype=x0.dtype),
+                                reference_mask=references[1].to(device))
         mask, known_weight = None, 0.0
         if self.tasks is not None:
             known, mask, known_noise = self.frame_task(x0, draws)
@@ -161,6 +174,27 @@ class DiffusionObjective(nn.Module):
         loss = diffusion_loss(pred, x0, noise, t, self.schedule, d.parameterization,
                               d.loss_weighting, d.min_snr_gamma, known=mask, known_weight=known_weight)
         return loss, {"loss": loss.detach()}
+
+    def reference_images(self, clips: Tensor, captions: list[str], draws: SampleDraws):
+        """Per sample, from its own streams: whether it gets a reference (``given (B,)`` bool), the
+        reference ``(B, 3, H, W)`` (a random frame of its clip, circularly shifted by a random
+        offset; zeros where not given) and its caption, with ``drop_words`` removed from a share
+        ``drop_prob`` of the given ones."""
+        B, _, T, H, W = clips.shape
+        cfg = self.reference
+        given = draws.uniform("reference") < cfg.prob                              # (B,)
+        drop = given & (draws.uniform("reference_drop") < cfg.drop_prob)
+        images, out = torch.zeros(B, 3, H, W, dtype=clips.dtype, device=clips.device), list(captions)
+        for i in range(B):
+            if not given[i]:
+                continue
+            g = draws.generator(i, "reference_image")
+            frame = int(torch.randint(T, (), generator=g))
+            dy, dx = int(torch.randint(H, (), generator=g)), int(torch.randint(W, (), generator=g))
+            images[i] = torch.roll(clips[i, :, frame], shifts=(dy, dx), dims=(1, 2))   # (3, H, W)
+            if drop[i] and cfg.drop_words:
+                out[i] = " ".join(w for w in (captions[i] or "").split() if w.lower() not in cfg.drop_words)
+        return out, (images, given)
 
     def frame_task(self, x0: Tensor, draws: SampleDraws) -> tuple[Tensor, Tensor, Tensor]:
         """One task of the mix per sample: ``known (B, C, T, H, W)`` (``x0`` noised to each

@@ -222,11 +222,12 @@ class Trainer:
         low-resolution clip, a noise-level embedder): the extra input channels of a weight
         (dimension 1 larger than the checkpoint's) start at zero and the added embedders keep
         their zero output layer, so the fine-tune starts from exactly the checkpoint's function.
+        An added reference encoder starts fresh; it acts only on samples given a reference.
         """
         state = grow_input_channels(read_weights(path, ema=ema), self.objective.state_dict())
         missing, unexpected = self.objective.load_state_dict(state, strict=False)
         trainable = {n for n, p in self.objective.named_parameters() if p.requires_grad}
-        added = tuple(f"cond.{name}." for name in ConditionEmbedder.OPTIONAL_EMBEDDERS)
+        added = tuple(f"cond.{name}." for name in ConditionEmbedder.ADDABLE)
         missing = [m for m in missing if m in trainable and not any(a in m for a in added)]
         if missing or unexpected:
             raise ValueError(f"checkpoint {str(path)!r} does not match this model: missing "
