@@ -18,9 +18,15 @@ the shape one way and the maps the other. Figures:
 * the same without control (the base alone on the same prompts), and with
   ``--control-range 0,0.6``; seconds per clip.
 
+Reference images (``--reference MODEL``, a model with a reference pathway): the prompt names
+only the motion, ``a moving {direction}``, with a held-out triple's direction, and the
+reference is one frame of that triple's colour and shape at a random place; the detector must
+read the reference's colour and shape and the prompt's direction. Beside it, the same prompts
+without a reference (what the words alone give).
+
 The last line is the headline. Usage::
 
-    python benchmarks/control.py --clips 24 --json control.json
+    python benchmarks/control.py --clips 24 --edges ../runs/shapes-edges --reference shapes-reference --json control.json
     python benchmarks/control.py --clips 4 --steps 10                 # a smoke run
 """
 from __future__ import annotations
@@ -114,11 +120,41 @@ def run(pipe, controlnet, data, kind: str, steps: int, guidance: float, variants
     return results
 
 
+def run_reference(model: str, data, steps: int, guidance: float) -> dict:
+    """Prompts that name only the direction, with and without a reference of the subject."""
+    import vidiff
+    from vidiff.data.shapes import geometry, render
+    from vidiff.eval.shapes import detect
+    pipe = vidiff.load(model)
+    rng = np.random.default_rng(99)
+    results = {}
+    for name, with_reference in (("no reference", False), ("reference", True)):
+        start, hits = time.perf_counter(), {"color": 0, "shape": 0, "subject": 0, "direction": 0, "all": 0}
+        for i, ((color, shape, direction), _) in enumerate(data):
+            g = geometry("right", 2, 32)
+            frame = render(color, shape, "right", frames=2, size=32,
+                           start=(rng.uniform(*g["x"]), rng.uniform(*g["y"])))[0]     # (H, W, 3)
+            video = pipe.generate(f"a moving {direction}", steps=steps, guidance=guidance, seed=i,
+                                  reference=frame if with_reference else None)
+            d = detect(video)
+            right = {"color": d["color"] == color, "shape": d["shape"] == shape, "direction": d["direction"] == direction}
+            for key, hit in right.items():
+                hits[key] += int(hit)
+            hits["subject"] += int(right["color"] and right["shape"])
+            hits["all"] += int(all(right.values()))
+        n = len(data)
+        results[name] = {**{f"{k}_right": v / n for k, v in hits.items()},
+                         "seconds_per_clip": (time.perf_counter() - start) / n}
+        print(f"reference {name}: {json.dumps(results[name])}", flush=True)
+    return {"model": model, **results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="shapes", help="the base (a shipped name or a directory)")
     parser.add_argument("--silhouette", default="shapes-silhouette", help="the silhouette ControlNet ('' skips it)")
     parser.add_argument("--edges", default="", help="an edges ControlNet (a shipped name or a directory)")
+    parser.add_argument("--reference", default="", help="a model with a reference pathway (e.g. shapes-reference)")
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
@@ -139,6 +175,8 @@ def main() -> None:
         if name:
             controlnet = pipe.controlnet(name, kind)
             report[kind] = {"controlnet": name, **run(pipe, controlnet, data, kind, args.steps, args.guidance, variants)}
+    if args.reference:
+        report["reference"] = run_reference(args.reference, data, args.steps, args.guidance)
     report["seconds"] = time.perf_counter() - start
     print(json.dumps(report, indent=1))
     if args.json:
@@ -151,6 +189,12 @@ def main() -> None:
             print(f"{kind} control against the prompt's direction: centroid error {c['centroid_px']:.2f} px, "
                   f"colour kept {100 * c['color_kept']:.1f}%, maps' direction {100 * c['direction_of_maps']:.1f}%"
                   f"{extra} (no control: {report[kind]['no control']['centroid_px']:.2f} px)")
+    if "reference" in report:
+        r = report["reference"]["reference"]
+        print(f"reference image with a direction-only prompt: colour and shape both right in "
+              f"{100 * r['subject_right']:.1f}% (colour {100 * r['color_right']:.1f}%, "
+              f"shape {100 * r['shape_right']:.1f}%, direction {100 * r['direction_right']:.1f}%, "
+              f"all three {100 * r['all_right']:.1f}%)")
 
 
 if __name__ == "__main__":
