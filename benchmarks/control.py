@@ -10,9 +10,11 @@ the shape one way and the maps the other. Figures:
   generated shape's centroid (the detector's foreground) and the control silhouette's;
   frames where the generated clip shows no shape count as missing (reported);
 * silhouette IoU: the detector's foreground against the control silhouette, over all frames;
-* edge IoU (edge control): Canny edges of the generated clip against the control edges, exact
-  and within 1 px (a generated edge counts when a control edge is at most 1 px away, and
-  the other way round; the F-score of those two rates);
+* edge control: Canny edges of the generated clip against the control edges: IoU, Canny-F1
+  (edge pixels as a binary classification, the structure-fidelity score ControlNet-style video
+  models report beside depth RMSE), and the F-score within 1 px (a generated edge counts when
+  a control edge is at most 1 px away, and the other way round);
+* silhouette IoU is the segmentation-IoU footing of the same reports;
 * colour / shape kept: the detector reads the prompt's colour / shape; direction: it reads the
   source's direction (the maps'), not the prompt's;
 * the same without control (the base alone on the same prompts), and with
@@ -86,7 +88,7 @@ def measure(videos, sources, maps, triples, kind: str) -> dict:
             got = edges(video.to_tensor()[None])[0, 0].numpy().astype(bool)
             ref = control[0].cpu().numpy().astype(bool) if isinstance(control, torch.Tensor) else control
             edge_ious.append(iou(got, ref))
-            edge_fs.append(tolerant_f(got, ref))
+            edge_fs.append((tolerant_f(got, ref, 0), tolerant_f(got, ref, 1)))
         d = detect(video)
         color += d["color"] == triple[0]
         shape += d["shape"] == triple[1]
@@ -96,7 +98,8 @@ def measure(videos, sources, maps, triples, kind: str) -> dict:
            "frames_missing": missing / (n * len(sources[0])), "silhouette_iou": float(np.mean(ious)),
            "color_kept": color / n, "shape_kept": shape / n, "direction_of_maps": direction / n}
     if edge_ious:
-        out.update(edge_iou=float(np.mean(edge_ious)), edge_f_1px=float(np.mean(edge_fs)))
+        out.update(edge_iou=float(np.mean(edge_ious)), canny_f1=float(np.mean([f[0] for f in edge_fs])),
+                   edge_f_1px=float(np.mean([f[1] for f in edge_fs])))
     return out
 
 
@@ -185,7 +188,7 @@ def main() -> None:
     for kind in ("silhouette", "edges"):
         if kind in report:
             c = report[kind]["control"]
-            extra = f", edge IoU {c['edge_iou']:.3f}" if "edge_iou" in c else ""
+            extra = f", edge IoU {c['edge_iou']:.3f}, Canny-F1 {c['canny_f1']:.3f}" if "edge_iou" in c else ""
             print(f"{kind} control against the prompt's direction: centroid error {c['centroid_px']:.2f} px, "
                   f"colour kept {100 * c['color_kept']:.1f}%, maps' direction {100 * c['direction_of_maps']:.1f}%"
                   f"{extra} (no control: {report[kind]['no control']['centroid_px']:.2f} px)")
