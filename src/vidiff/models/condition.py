@@ -81,7 +81,8 @@ class ConditionEmbedder(nn.Module):
             # because attention over identical keys returns that token's value.
             self.null_text = nn.Parameter(torch.randn(1, 1, text_dim) * 0.02)
             self.text_proj = nn.Linear(text_dim, context_dim or text_dim)
-        self.reference = ReferenceEncoder(context_dim or text_dim, reference_tokens) if reference_tokens else None
+        self.reference = ReferenceEncoder(context_dim or text_dim, reference_tokens, emb_dim) \
+            if reference_tokens else None
         self.pooled_proj = None
         if pooled_dim is not None:
             self.null_pooled = nn.Parameter(torch.zeros(1, pooled_dim))
@@ -95,6 +96,9 @@ class ConditionEmbedder(nn.Module):
             if embedder is not None:
                 nn.init.zeros_(embedder.mlp[-1].weight)
                 nn.init.zeros_(embedder.mlp[-1].bias)
+        if self.reference is not None:
+            nn.init.zeros_(self.reference.to_embedding[-1].weight)
+            nn.init.zeros_(self.reference.to_embedding[-1].bias)
 
     @property
     def extra_channels(self) -> int:
@@ -151,6 +155,11 @@ class ConditionEmbedder(nn.Module):
         if self.low_res_noise is not None:
             level = cond.low_res_noise if cond is not None and cond.low_res_noise is not None else zeros
             emb = emb + self.low_res_noise(level)
+        if self.reference is not None and cond is not None and cond.reference is not None:
+            # The reference's vector joins the per-sample embedding as the pooled prompt does
+            # (FiLM reaches every layer; the tokens reach only the cross-attention levels).
+            vector = self.reference(cond.reference.to(emb.dtype))[1]               # (B, emb_dim)
+            emb = emb + vector * self._reference_kept(cond, B, t.device)[:, None].to(emb.dtype)
         if self.pooled_proj is not None:
             pooled = self.null_pooled.expand(B, -1)
             if cond is not None and cond.text_pooled is not None:
@@ -180,14 +189,20 @@ class ConditionEmbedder(nn.Module):
             return None, None
         context, mask = self._text_context(cond, batch, device)               # (B, L, C), (B, L)
         if self.reference is not None and cond is not None and cond.reference is not None:
-            tokens = self.reference(cond.reference.to(context.dtype))           # (B, K, C)
-            # A row that drops its prompt drops its reference too (one null for guidance).
-            keep = ~cond.text_dropped(batch, device)
-            if cond.reference_mask is not None:
-                keep = keep & cond.reference_mask.to(device=device, dtype=torch.bool)
+            tokens = self.reference(cond.reference.to(context.dtype))[0]        # (B, K, C)
+            keep = self._reference_kept(cond, batch, device)
             context = torch.cat([context, tokens.to(context.dtype)], 1)         # (B, L + K, C)
             mask = torch.cat([mask, keep[:, None].expand(-1, tokens.shape[1])], 1)
         return context, mask
+
+    @staticmethod
+    def _reference_kept(cond: Conditioning, batch: int, device) -> Tensor:
+        """``(B,)`` bool: rows whose reference counts. A row that drops its prompt drops its
+        reference too (one null for guidance), and ``reference_mask`` hides placeholders."""
+        keep = ~cond.text_dropped(batch, device)
+        if cond.reference_mask is not None:
+            keep = keep & cond.reference_mask.to(device=device, dtype=torch.bool)
+        return keep
 
     def _text_context(self, cond: Optional[Conditioning], batch: int, device) -> tuple[Tensor, Tensor]:
         null = self.null_text.expand(batch, -1, -1)                          # (B, 1, text_dim)
@@ -206,7 +221,8 @@ class ConditionEmbedder(nn.Module):
 
 
 class ReferenceEncoder(nn.Module):
-    """A reference image ``(B, 3, H, W)`` in [-1, 1] -> ``tokens (B, K, dim)`` for cross-attention.
+    """A reference image ``(B, 3, H, W)`` in [-1, 1] -> ``tokens (B, K, dim)`` for cross-attention
+    and ``vector (B, emb_dim)`` for the per-sample embedding (its last layer starts at zero).
 
     A small convolutional encoder at a fixed working size (the image is resized to
     :attr:`SIZE` first, so any size is accepted), pooled over the whole image (mean and max of
@@ -216,7 +232,7 @@ class ReferenceEncoder(nn.Module):
 
     SIZE = 32
 
-    def __init__(self, dim: int, tokens: int, width: int = 64):
+    def __init__(self, dim: int, tokens: int, emb_dim: int, width: int = 64):
         super().__init__()
         self.tokens, self.dim = tokens, dim
         self.convs = nn.Sequential(
@@ -225,13 +241,14 @@ class ReferenceEncoder(nn.Module):
             nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(width, width, 3, padding=1))
         self.to_tokens = nn.Sequential(nn.Linear(2 * width, dim), nn.SiLU(), nn.Linear(dim, tokens * dim))
+        self.to_embedding = nn.Sequential(nn.Linear(2 * width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
-    def forward(self, image: Tensor) -> Tensor:
-        # image: (B, 3, H, W) -> (B, K, dim)
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        # image: (B, 3, H, W) -> (B, K, dim), (B, emb_dim)
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"cond.reference must be (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
         x = F.interpolate(image, size=(self.SIZE, self.SIZE), mode="bilinear", antialias=True,
                           align_corners=False)                                 # (B, 3, S, S)
         h = self.convs(x)                                                       # (B, W, S/4, S/4)
         pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)                 # (B, 2W)
-        return self.to_tokens(pooled).view(-1, self.tokens, self.dim)           # (B, K, dim)
+        return self.to_tokens(pooled).view(-1, self.tokens, self.dim), self.to_embedding(pooled)
