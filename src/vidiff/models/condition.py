@@ -226,8 +226,12 @@ class ReferenceEncoder(nn.Module):
 
     A small convolutional encoder at a fixed working size (the image is resized to
     :attr:`SIZE` first, so any size is accepted), pooled over the whole image (mean and max of
-    every channel) before the tokens are made: the tokens say *what* the image shows (colour,
-    shape, texture), not *where*, so a reference sets the subject without pinning a position.
+    every channel) before the tokens are made: they say *what* the image shows (colour, shape,
+    texture), not *where*, so a reference sets the subject without pinning a position. Its
+    convolutions are group-normalised, and the raw image's per-channel mean and extremes join
+    the pooled features: a small subject on a plain background is a few pixels of the image,
+    and without both its features vanish in the pooling (a first version without them learned
+    a constant in 500 steps).
     """
 
     SIZE = 32
@@ -235,13 +239,14 @@ class ReferenceEncoder(nn.Module):
     def __init__(self, dim: int, tokens: int, emb_dim: int, width: int = 64):
         super().__init__()
         self.tokens, self.dim = tokens, dim
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, width // 2, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width // 2, width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(width, width, 3, padding=1))
-        self.to_tokens = nn.Sequential(nn.Linear(2 * width, dim), nn.SiLU(), nn.Linear(dim, tokens * dim))
-        self.to_embedding = nn.Sequential(nn.Linear(2 * width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        def block(c_in: int, c_out: int, stride: int) -> list:
+            return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
+        self.convs = nn.Sequential(*block(3, width // 2, 1), *block(width // 2, width, 2),
+                                   *block(width, width, 2), nn.Conv2d(width, width, 3, padding=1))
+        features = 2 * width + 9
+        self.to_tokens = nn.Sequential(nn.Linear(features, dim), nn.SiLU(), nn.Linear(dim, tokens * dim))
+        self.to_embedding = nn.Sequential(nn.Linear(features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         # image: (B, 3, H, W) -> (B, K, dim), (B, emb_dim)
@@ -250,5 +255,6 @@ class ReferenceEncoder(nn.Module):
         x = F.interpolate(image, size=(self.SIZE, self.SIZE), mode="bilinear", antialias=True,
                           align_corners=False)                                 # (B, 3, S, S)
         h = self.convs(x)                                                       # (B, W, S/4, S/4)
-        pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)                 # (B, 2W)
+        colour = torch.cat([x.mean((2, 3)), x.amax((2, 3)), x.amin((2, 3))], 1)  # (B, 9)
+        pooled = torch.cat([h.mean((2, 3)), h.amax((2, 3)), colour], 1)         # (B, 2W + 9)
         return self.to_tokens(pooled).view(-1, self.tokens, self.dim), self.to_embedding(pooled)
