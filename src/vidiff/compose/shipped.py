@@ -20,7 +20,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "shipped"
 SHIPPED_DIR_ENV = "VIDIFF_SHIPPED_DIR"      # another folder of shipped models (tests, private builds)
 DEFAULT_MODEL = "shapes"
 # The names the design promises (docs/models-shipped.md); a build may not carry all of them yet.
-REGISTERED = ("shapes", "digits", "shapes-latent", "shapes-sr", "shapes-silhouette")
+REGISTERED = ("shapes", "digits", "shapes-latent", "shapes-sr", "shapes-silhouette", "shapes-edges",
+              "shapes-reference")
 CARD = "card.json"
 CARD_FORMAT = "vidiff-shipped-model"
 REINSTALL = "pip install --force-reinstall vidiff"
