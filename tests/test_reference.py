@@ -107,6 +107,11 @@ def test_generate_with_a_reference(tiny_reference, tiny_model, tmp_path, capsys)
                  str(tmp_path / "two.mp4"), "--steps", "2", "--out", str(tmp_path / "x.mp4")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has 2 frames; give one image" in err[0] and not (tmp_path / "x.mp4").exists()
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert main(["generate", "--model", str(tiny_reference), "--prompt", "a moving up", "--reference",
+                 str(tmp_path / "broken.png"), "--steps", "2", "--out", str(tmp_path / "x.mp4")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read reference image" in err[0] and not (tmp_path / "x.mp4").exists()
 
 
 def test_a_reference_run_is_checked(tmp_path):
