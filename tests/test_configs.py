@@ -33,7 +33,10 @@ def _ids(paths):
 
 def family(run: RunConfig) -> dict:
     """What a tiny stand-in must share with the network a config names: the architecture and,
-    for an autoencoder, whether it is 3D (causal over time) or per frame."""
+    for an autoencoder, whether it is 3D (causal over time) or per frame. (A ControlNet's
+    architecture is its base's: the tiny run trains it over the base's tiny run.)"""
+    if run.kind == "controlnet":
+        return {"arch": "controlnet", "control": run.control}
     config = resolve_config(run.model.size, run.model.overrides)
     arch = architecture_of(config)
     return {"arch": arch, **({"vae_kind": config.kind} if arch == "vae" else {})}
@@ -71,7 +74,8 @@ def tiny_overrides(run: RunConfig, out_dir: Path, vae_dir=None, processes: int =
     architecture, 16x16 clips, two steps, a checkpoint at the end, no compile, no workers."""
     arch = family(run)["arch"]
     overrides = [
-        f"model.size={TINY_SIZES[arch]}", f"data.frames={clip_frames(run)}", "data.size=16",
+        *([f"model.size={TINY_SIZES[arch]}"] if arch in TINY_SIZES else []),
+        f"data.frames={clip_frames(run)}", "data.size=16",
         f"train.steps={STEPS}", f"train.batch_size={2 * processes}", "train.grad_accum=1",
         f"train.checkpoint_every={STEPS}", "train.log_every=1", "train.sample_every=0",
         "train.num_workers=0", "train.max_minutes=0",
@@ -101,6 +105,15 @@ def config_writing(out_dir: str, key: str, kind: str = None) -> Path:
                          f"under configs/ (their train.out_dir)")
 
 
+def source_config(source: str, key: str) -> Path:
+    """The config under configs/ whose run writes ``source`` (a run directory, or a shipped
+    model's name: the run its shipped ``train.yaml`` wrote)."""
+    shipped = ROOT / "src" / "vidiff" / "shipped" / source
+    if (shipped / "train.yaml").is_file():
+        source = load_file(shipped / "train.yaml")["train"]["out_dir"]
+    return config_writing(source, key)
+
+
 def autoencoder_config_for(latent: RunConfig) -> Path:
     """The config under configs/ whose autoencoder run writes ``latent.model.vae``."""
     return config_writing(latent.model.vae, "model.vae", kind="autoencoder")
@@ -108,7 +121,7 @@ def autoencoder_config_for(latent: RunConfig) -> Path:
 
 def stage_config_for(run: RunConfig) -> Path:
     """The config under configs/ whose run writes ``run.train.init_from`` (an earlier stage)."""
-    return config_writing(run.train.init_from, "train.init_from")
+    return source_config(run.train.init_from, "train.init_from")
 
 
 def _torchrun(path: Path, overrides: list[str], processes: int) -> None:
@@ -138,6 +151,8 @@ def tiny_run(tmp_path_factory, one_thread):
             overrides = tiny_overrides(full, out, vae_dir, processes)
             if full.train.init_from:      # a later stage starts from its earlier stage's tiny run
                 overrides.append(f"train.init_from={tiny_run_dir(stage_config_for(full))}")
+            if full.kind == "controlnet":  # over its base's tiny run
+                overrides.append(f"base={tiny_run_dir(source_config(full.base, 'base'))}")
             if processes > 1:
                 # 2 CPU processes over gloo. bf16 collectives are not what gloo is for (slow or
                 # refused), so the sharded run computes in fp32; the bf16 autocast path itself
@@ -183,8 +198,10 @@ def test_latent_config_chains_to_its_autoencoder(path):
         (vae.data.name, vae.data.frames, vae.data.size)
 
 
-# Network options a fine-tune may switch on over its checkpoint: new condition inputs.
+# Network options a fine-tune may switch on over its checkpoint: new condition inputs (and a
+# reference pathway, whose encoder starts fresh and acts only where a reference is given).
 GROWABLE = {"known_frames", "known_in_place", "frame_stride", "low_res"}
+ADDABLE = {"reference_tokens"}
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if load_run_config(str(p)).train.init_from],
@@ -201,7 +218,7 @@ def test_staged_config_continues_its_earlier_stage(path):
     # lacks: their weights grow from zero when it loads (Trainer.load_weights).
     model_later, model_earlier = to_dict(later.model), to_dict(earlier.model)
     added = {k: v for k, v in model_later["overrides"].items() if k not in model_earlier["overrides"]}
-    assert set(added) <= GROWABLE and all(v is True for v in added.values()), added
+    assert all((k in GROWABLE and v is True) or (k in ADDABLE and v > 0) for k, v in added.items()), added
     model_later["overrides"] = {k: v for k, v in model_later["overrides"].items() if k not in added}
     assert model_later == model_earlier, "model"
     assert (later.data.name, later.data.held_out) == (earlier.data.name, earlier.data.held_out)
@@ -214,8 +231,19 @@ def test_config_trains_tiny_and_reloads(path, tiny_run):
     assert about(tiny) == about(full)
     stored = read_config(resolve_checkpoint(out), kind=full.kind, required=("run",))
     assert stored["step"] == STEPS
-    assert about(from_dict(RunConfig, stored["run"])) == about(full)
+    recorded = from_dict(RunConfig, stored["run"])
+    if full.kind == "controlnet":      # it records the diffusion and text settings of its base
+        base = load_run_config(str(source_config(full.base, "base")))
+        assert (to_dict(recorded.diffusion), recorded.text.kind) == (to_dict(base.diffusion), base.text.kind)
+        recorded.diffusion, recorded.text = full.diffusion, full.text
+    assert about(recorded) == about(full)
     frames = clip_frames(full)
+    if full.kind == "controlnet":
+        pipe = vidiff.load(from_dict(RunConfig, stored["run"]).base)
+        clip = vidiff.Video((torch.rand(frames, 16, 16, 3) * 255).to(torch.uint8).numpy())
+        video = pipe.generate("a red circle moving right", control_from=clip, controlnet=str(out), steps=2)
+        assert video.frames.shape == (frames, 16, 16, 3)
+        return
     if full.kind == "autoencoder":
         vae = load_autoencoder(out)
         assert vae.config.kind == family(full)["vae_kind"]

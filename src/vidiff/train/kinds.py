@@ -158,7 +158,7 @@ def _controlnet_trainer(run: RunConfig, dataset, resume: Optional[str], progress
         raise ConfigError(f"diffusion {differ} (run, base) differ from the base's: a ControlNet trains "
                           "under its base's schedule and parameterization (leave diffusion unset)")
     # What the ControlNet trains under is its base's: diffusion and text settings come from it.
-    run.diffusion, run.text = base.run.diffusion, base.run.text
+    run = dataclasses.replace(run, diffusion=base.run.diffusion, text=base.run.text)   # the caller's is kept
     base.network.requires_grad_(False).eval()
     if base.text_encoder is not None:
         base.text_encoder.requires_grad_(False).eval()
