@@ -34,13 +34,17 @@ def _card(name: str) -> dict:
     return shipped.verify(shipped.PACKAGE_DIR / name)
 
 
-def _same_run(name: str, config: str) -> None:
-    """The shipped config is the committed config's run (out_dir aside)."""
+def _same_run(name: str, config: str, steps: int = None) -> None:
+    """The shipped config is the committed config's run (out_dir aside; ``steps``: the run was
+    resumed to this many steps, as its card's command says)."""
     stored = from_dict(RunConfig, yaml.safe_load((shipped.PACKAGE_DIR / name / "train.yaml").read_text()))
     committed = load_run_config(ROOT / "configs" / config)
     a, b = to_dict(stored), to_dict(committed)
     for run in (a, b):
         run["train"].pop("out_dir")
+    if steps is not None:
+        assert a["train"]["steps"] == steps and f"train.steps={steps}" in _card(name)["command"]
+        b["train"]["steps"] = steps
     if b["kind"] == "controlnet":          # a ControlNet run records its base's diffusion and text
         b["diffusion"], b["text"] = a["diffusion"], a["text"]
     assert a == b
@@ -79,13 +83,15 @@ def test_shapes_silhouette_follows_its_maps_against_the_prompt(package_models):
 def test_shapes_reference_takes_the_subject_from_the_image(package_models):
     card = _card("shapes-reference")
     assert card["kind"] == "denoiser"
-    _same_run("shapes-reference", "shapes-reference.yaml")
+    _same_run("shapes-reference", "shapes-reference.yaml", steps=1800)
     pipe = vidiff.load("shapes-reference")
     assert pipe.network.config.reference_tokens > 0
     hits = 0
     for i, ((color, shape, direction), _) in enumerate(_clips(4)):
         g = geometry("right", 2, 32)
-        frame = render(color, shape, "right", frames=2, size=32, start=(g["x"][0] + 3 * i, sum(g["y"]) / 2))[0]
+        frame = render(color, shape, "right", frames=2, size=32, start=(g["x"][0] + 2 * i, sum(g["y"]) / 2))[0]
         d = detect(pipe.generate(f"a moving {direction}", reference=frame, seed=SEED + i))
         hits += d["color"] == color and d["shape"] == shape and d["direction"] == direction
+    # Without a reference the words give the right subject in none of the benchmark's clips
+    # (0%); with it, 83.3% of 24 (benchmarks/control.py): here at least 3 of 4.
     assert hits >= 3, hits

@@ -1,5 +1,6 @@
-"""Composition: run configs, and building networks, text encoders and autoencoders from a config
-or a checkpoint. Training, pipelines and commands build through here and nowhere else."""
+"""Composition: run configs, and building networks, text encoders, autoencoders and ControlNets
+from a config or a checkpoint (found by path or by shipped name). Training, pipelines and
+commands build through here and nowhere else."""
 from vidiff.compose.build import (
     Denoiser, autoencoder_fingerprint, build_autoencoder_for, build_network_for, build_text_encoder_for,
     copy_autoencoder, default_device, load_autoencoder, load_controlnet, load_denoiser, text_encoder_dir,
