@@ -141,8 +141,26 @@ class ConditionEmbedder(nn.Module):
             parts.append(F.interpolate(low, size=(T, H, W), mode="trilinear", align_corners=False))
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
 
-    def embedding(self, t: Tensor, cond: Optional[Conditioning]) -> Tensor:
-        # t: (B,) in [0, 1] -> (B, emb_dim)
+    def forward(self, t: Tensor, cond: Optional[Conditioning], device) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """The per-sample embedding ``(B, emb_dim)`` and the cross-attention tokens
+        ``(B, L, context_dim)`` with their mask ``(B, L)`` (None, None without text), a
+        reference image encoded once for both."""
+        reference = self.encode_reference(cond)
+        return self.embedding(t, cond, reference), *self.context(cond, t.shape[0], device, reference)
+
+    def encode_reference(self, cond: Optional[Conditioning]) -> Optional[tuple[Tensor, Tensor]]:
+        """``cond.reference`` through the reference encoder: ``(tokens (B, K, C), vector (B, emb_dim))``,
+        or None without a reference; refused by a network built without the pathway."""
+        if cond is None or cond.reference is None:
+            return None
+        if self.reference is None:
+            raise ValueError(f"cond.reference {tuple(cond.reference.shape)}: this network was built without "
+                             "a reference pathway (reference: true); remove the reference image")
+        return self.reference(cond.reference.to(next(self.reference.parameters()).dtype))
+
+    def embedding(self, t: Tensor, cond: Optional[Conditioning],
+                  reference: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
+        # t: (B,) in [0, 1] -> (B, emb_dim); reference: encode_reference(cond)
         emb = self.time(t)
         B = t.shape[0]
         zeros = t.new_zeros(B)
@@ -155,11 +173,11 @@ class ConditionEmbedder(nn.Module):
         if self.low_res_noise is not None:
             level = cond.low_res_noise if cond is not None and cond.low_res_noise is not None else zeros
             emb = emb + self.low_res_noise(level)
-        if self.reference is not None and cond is not None and cond.reference is not None:
+        if reference is not None:
             # The reference's vector joins the per-sample embedding as the pooled prompt does
             # (FiLM reaches every layer; the tokens reach only the cross-attention levels).
-            vector = self.reference(cond.reference.to(emb.dtype))[1]               # (B, emb_dim)
-            emb = emb + vector * self._reference_kept(cond, B, t.device)[:, None].to(emb.dtype)
+            vector = reference[1]                                                 # (B, emb_dim)
+            emb = emb + vector.to(emb.dtype) * self._reference_kept(cond, B, t.device)[:, None].to(emb.dtype)
         if self.pooled_proj is not None:
             pooled = self.null_pooled.expand(B, -1)
             if cond is not None and cond.text_pooled is not None:
@@ -180,16 +198,15 @@ class ConditionEmbedder(nn.Module):
         return Conditioning(text=text, text_mask=torch.ones(batch, 1, dtype=torch.bool, device=text.device),
                             text_pooled=pooled)
 
-    def context(self, cond: Optional[Conditioning], batch: int, device) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        """Cross-attention tokens ``(B, L, context_dim)`` and mask ``(B, L)``; (None, None) without text."""
-        if cond is not None and cond.reference is not None and self.reference is None:
-            raise ValueError(f"cond.reference {tuple(cond.reference.shape)}: this network was built without "
-                             "a reference pathway (reference: true); remove the reference image")
+    def context(self, cond: Optional[Conditioning], batch: int, device,
+                reference: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Cross-attention tokens ``(B, L, context_dim)`` and mask ``(B, L)``; (None, None) without
+        text. ``reference``: :meth:`encode_reference` of ``cond``, whose tokens are appended."""
         if self.text_dim is None:
             return None, None
         context, mask = self._text_context(cond, batch, device)               # (B, L, C), (B, L)
-        if self.reference is not None and cond is not None and cond.reference is not None:
-            tokens = self.reference(cond.reference.to(context.dtype))[0]        # (B, K, C)
+        if reference is not None:
+            tokens = reference[0]                                               # (B, K, C)
             keep = self._reference_kept(cond, batch, device)
             context = torch.cat([context, tokens.to(context.dtype)], 1)         # (B, L + K, C)
             mask = torch.cat([mask, keep[:, None].expand(-1, tokens.shape[1])], 1)

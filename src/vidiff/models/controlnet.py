@@ -26,6 +26,7 @@ guidance and pipelines need nothing new.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -150,6 +151,16 @@ class ControlNet(nn.Module):
         return [zero(f) for zero, f in zip(self.zeros, features)]
 
 
+def check_span(span: Sequence[float], text=None) -> tuple[float, float]:
+    """A control range ``(start, end)`` as floats; ValueError unless ``0 <= start < end <= 1``
+    (``text``: how the user wrote it, for the message)."""
+    start, end = (float(v) for v in span)
+    if not 0.0 <= start < end <= 1.0:
+        shown = text if text is not None else f"{start:g},{end:g}"
+        raise ValueError(f"control range {shown!r} must satisfy 0 <= START < END <= 1 (e.g. 0,0.6)")
+    return start, end
+
+
 class ControlledNetwork(nn.Module):
     """A base denoiser steered by a ControlNet, with the base's interface.
 
@@ -158,23 +169,14 @@ class ControlledNetwork(nn.Module):
     from noise to clean, so ``(0, 0.6)`` applies control for ``t`` from 1 down to 0.4 (the
     first 60% of a sampling run) and lets the base finish the details alone. A call without
     ``cond.control`` is the base alone.
-
-    Attribute access falls back to the base (``config``, ``check_shape``, ...).
     """
 
     def __init__(self, base: nn.Module, controlnet: ControlNet, scale: float = 1.0,
                  span: Sequence[float] = (0.0, 1.0)):
         super().__init__()
-        start, end = (float(v) for v in span)
-        if not 0.0 <= start < end <= 1.0:
-            raise ValueError(f"control range must be START,END with 0 <= START < END <= 1, got {tuple(span)}")
-        self.base, self.controlnet, self.scale, self.span = base, controlnet, float(scale), (start, end)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("base"), name)
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"control scale must be a finite number >= 0, got {scale!r}")
+        self.base, self.controlnet, self.scale, self.span = base, controlnet, float(scale), check_span(span)
 
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None) -> Tensor:
         # x: (B, C, T, H, W), t: (B,) -> (B, C_out, T, H, W)

@@ -396,11 +396,11 @@ class VideoDiT(nn.Module):
         """Tokens ``(B, N, D)`` and the blocks' context; ``hint (B, N, D)`` is added to the tokens."""
         cfg, B = self.config, x.shape[0]
         grid = self.token_grid(x.shape)
-        emb = F.silu(self.cond.embedding(t, cond))                               # (B, D)
+        emb, text, text_mask = self.cond(t, cond, x.device)                     # (B, D), (B, S, D), (B, S)
+        emb = F.silu(emb)
         shared = None
         if self.adaln is not None:
             shared = self.adaln(emb).view(B, len(self.slots), 3, cfg.hidden)     # (B, slots, 3, D)
-        text, text_mask = self.cond.context(cond, B, x.device)                   # (B, S, D), (B, S)
         ctx = _Context(grid, emb, shared, text, text_mask, **self._rope(grid, x.device))  # rotary: (L, d)
         h = patchify(self.cond.input(x, cond), cfg.patch, cfg.patch_t)          # (B, N, C' * pt * p * p)
         h = self.x_embed(h.to(self.x_embed.weight.dtype))                       # (B, N, D)

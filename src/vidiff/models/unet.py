@@ -489,10 +489,10 @@ class UNet3D(nn.Module):
         """Encoder and middle block: (skips, h, ctx), activations as (B*T, C, H, W); ``hint``
         ``(B*T, C0, H/p, W/p)`` is added to the stem's output (a ControlNet's control features)."""
         B, _, T, H, W = x.shape
-        text, text_mask = self.cond.context(cond, B, x.device)                  # (B, S, D), (B, S)
+        emb, text, text_mask = self.cond(t, cond, x.device)                    # (B, E), (B, S, D), (B, S)
+        emb = emb[:, None]                                                      # (B, 1, E)
         frames = torch.arange(T, device=x.device)
         rope = {d: rotary_cos_sin(frames, d) for d in self.rope_dims} if T > 1 else {}  # (T, d) each
-        emb = self.cond.embedding(t, cond)[:, None]                             # (B, 1, E)
         if self.frame_cond is not None:
             f = self.frame_cond["frame"](frames.float())[None].expand(B, -1, -1)  # (B, T, E)
             mixed = self.frame_cond["mix"](torch.cat([emb.expand(-1, T, -1), f], -1))

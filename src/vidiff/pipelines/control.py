@@ -14,15 +14,15 @@ to a function this model does not compute).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from vidiff.compose import load_controlnet
 from vidiff.compose.shipped import resolve_model
-from vidiff.data.control import BUILT_IN, NEEDS_EXTRACTOR, ControlError, extract, maps_from_video
-from vidiff.models.controlnet import CONTROL_TYPES, ControlNet
+from vidiff.data.control import ControlError, extract, maps_from_video
+from vidiff.models.controlnet import CONTROL_TYPES, ControlNet, check_span
 from vidiff.pipelines.frames import clip_tensor
 from vidiff.video import Video
 
@@ -36,13 +36,13 @@ def parse_control_range(text: str) -> tuple[float, float]:
     ValueError names the text unless ``0 <= START < END <= 1``."""
     parts = [p.strip() for p in str(text).split(",")]
     try:
-        start, end = (float(p) for p in parts)
+        span = [float(p) for p in parts]
+        if len(span) != 2:
+            raise ValueError
     except ValueError:
         raise ValueError(f"control range {text!r} must be START,END, two numbers with "
                          "0 <= START < END <= 1 (e.g. 0,0.6)") from None
-    if not 0.0 <= start < end <= 1.0:
-        raise ValueError(f"control range {text!r} must satisfy 0 <= START < END <= 1 (e.g. 0,0.6)")
-    return start, end
+    return check_span(span, text)
 
 
 class ControlTasks:
@@ -84,8 +84,6 @@ class ControlTasks:
         """Maps ``(C_ctrl, T, H, W)`` in [0, 1] extracted from ``video`` (a :class:`Video`, a
         uint8 array or a ``(3, T, H, W)`` tensor in [-1, 1]) by the extractor of ``control_type``
         (``extractor``: a TorchScript file or module, for ``depth`` and ``custom``)."""
-        if control_type not in BUILT_IN + NEEDS_EXTRACTOR:
-            raise ValueError(f"unknown control type {control_type!r}; accepted: {list(CONTROL_TYPES)}")
         clip = clip_tensor(video, "control video")
         return extract(control_type, clip[None], extractor, channels)[0]
 
@@ -127,11 +125,3 @@ def maps_video(maps: Tensor, fps: float) -> Video:
     x = x.expand(3, *x.shape[1:]) if x.shape[0] == 1 else torch.cat([x, x.new_zeros(3, *x.shape[1:])])[:3]
     return Video.from_tensor(x * 2 - 1, fps=fps)
 
-
-def control_options(controlnet: Optional[ControlNet], scale: float, span: Sequence[float]) -> dict:
-    """The sampling-core options of a controlled run (empty without a ControlNet)."""
-    if controlnet is None:
-        return {}
-    if not (isinstance(scale, (int, float)) and torch.isfinite(torch.tensor(float(scale))) and scale >= 0):
-        raise ValueError(f"control scale must be a finite number >= 0, got {scale!r}")
-    return {"controlnet": controlnet, "control_scale": float(scale), "control_range": tuple(span)}

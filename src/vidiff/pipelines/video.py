@@ -33,7 +33,7 @@ from vidiff.diffusion import (
 )
 from vidiff.models.controlnet import ControlledNetwork
 from vidiff.models.layers import sampling_step, set_sampling_step
-from vidiff.pipelines.control import ControlNetLike, ControlTasks, control_options
+from vidiff.pipelines.control import ControlNetLike, ControlTasks
 from vidiff.pipelines.editing import EditingTasks
 from vidiff.pipelines.frames import FrameTasks, clip_tensor
 from vidiff.pipelines.shipped import DEFAULT_MODEL, resolve_model
@@ -304,13 +304,14 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
         if negative_prompt is not None and self.text_encoder is None:
             raise ValueError("this model is unconditional: a negative prompt has no effect")
         T = self.frames if num_frames is None else _check_count("frames", num_frames)
+        H, W = self.height if height is None else height, self.width if width is None else width
+        window_by_window = T > self.frames or bool(prompt_schedule) or scheme != "autoregressive"
         net = None
         if control is not None or control_from is not None:
-            if T > self.frames or prompt_schedule or scheme != "autoregressive":
+            if window_by_window:
                 raise ValueError(f"control maps steer one clip of at most the training length "
                                  f"({self.frames} frames), without a prompt schedule")
             net = self.controlnet(controlnet, control_type)
-            options = control_options(net, control_scale, control_range)
         elif controlnet is not None or control_type is not None:
             raise ValueError("a ControlNet or control type needs control maps (control=...) or a "
                              "video to extract them from (control_from=...)")
@@ -318,14 +319,13 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
             if not getattr(getattr(self.network, "config", None), "reference_tokens", 0):
                 raise ValueError(f"this model ({self.source or 'in memory'}) has no reference pathway: "
                                  "use one trained with reference_tokens (the shipped shapes-reference)")
-            if self.text_encoder is None or T > self.frames or prompt_schedule or scheme != "autoregressive":
+            if self.text_encoder is None or window_by_window:
                 raise ValueError(f"a reference image conditions one text-conditioned clip of at most the "
                                  f"training length ({self.frames} frames), without a prompt schedule")
             image = clip_tensor(reference, "reference image")
             if image.shape[1] != 1:
                 raise ValueError(f"the reference must be one image, got {image.shape[1]} frames")
-        if T > self.frames or prompt_schedule or scheme != "autoregressive":
-            H, W = self.height if height is None else height, self.width if width is None else width
+        if window_by_window:
             empty = torch.zeros(self.channels, T, H, W), torch.zeros(1, T, H, W)
             clips = torch.cat([self.long(*empty, p, scheme=scheme, stride=stride, samples=samples, seed=seed,
                                          steps=steps, sampler=sampler, guidance=guidance,
@@ -348,11 +348,10 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
             images = image[:, 0][None].expand(len(seeds), -1, -1, -1).to(self.device)   # (B, 3, H_r, W_r)
             cond = cond.replace(reference=images)
         if net is not None:
-            H, W = self.height if height is None else height, self.width if width is None else width
             maps = self.control_conditioning(control, control_from, net, T, H, W, extractor)
             batch = maps[None].expand(len(seeds), *maps.shape)                 # (B, C_ctrl, T, H, W)
             cond = Conditioning(control=batch) if cond is None else cond.replace(control=batch)
-            extra = options
+            extra = dict(controlnet=net, control_scale=control_scale, control_range=control_range)
         x0 = self._run(cond, shape, seeds, progress, callback, steps=steps, sampler=sampler,
                        guidance=guidance, negative=negative, guidance_rescale=guidance_rescale, **extra)
         videos = self.decode(x0)
