@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from vidiff.config import ConfigError, from_dict, to_dict
 from vidiff.models import VAE_MODELS, VAEConfig, VideoVAE
-from vidiff.models.vae import _tile_starts, _to_uint8
+from vidiff.diffusion.tiled import tile_starts
+from vidiff.models.vae import _to_uint8
 from vidiff.models.vae_losses import (PatchDiscriminator, VAELossConfig, autoencoder_loss,
                                       discriminator_loss, hinge_d_loss, temporal_difference_loss)
 
@@ -118,7 +119,7 @@ def test_tiled_decoding_is_close_and_seamless():
     assert (tiled - whole).abs().mean() < 0.3 * whole.std()
     # No seam: the mean horizontal gradient across each column where a tile starts or ends is
     # at most 1.5x that of the columns around it, inside the tiles (a hard paste gives 2x).
-    starts = _tile_starts(16, 8, 4)
+    starts = tile_starts(16, 8, 4)
     edges = sorted({4 * s for s in starts[1:]} | {4 * (s + 8) for s in starts[:-1]})
     grad = (tiled[..., 1:] - tiled[..., :-1]).abs().mean(dim=(0, 1, 2, 3))    # (63,): col c -> c+1
     for e in edges:

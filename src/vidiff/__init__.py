@@ -15,4 +15,13 @@ def load(model=None, device=None, ema: bool = True, text_encoder_path=None):
     return _load(model, device=device, ema=ema, text_encoder_path=text_encoder_path)
 
 
-__all__ = ["Conditioning", "Video", "load", "__version__"]
+def __getattr__(name: str):
+    # ``vidiff.Cascade`` (base -> interpolation -> super-resolution stages), imported on first
+    # use for the same start-up reason as ``load``.
+    if name == "Cascade":
+        from vidiff.pipelines.cascade import Cascade
+        return Cascade
+    raise AttributeError(f"module 'vidiff' has no attribute {name!r}")
+
+
+__all__ = ["Conditioning", "Video", "Cascade", "load", "__version__"]

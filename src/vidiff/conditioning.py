@@ -25,6 +25,8 @@ _TENSOR_FIELDS = (
     "low_res", "low_res_noise",
     "control",
 )
+# Fields laid out like the clip, (B, C, T, H, W), that a window or tile of it crops.
+_SPACETIME_FIELDS = ("known", "mask", "control")
 # What a prompt sets: a negative prompt replaces exactly these (see ``with_text_of``).
 TEXT_FIELDS = ("text", "text_mask", "text_pooled", "drop_text")
 
@@ -138,6 +140,27 @@ class Conditioning:
                 return x.to(device=device, dtype=dtype)
             return x.to(device=device)
         return self.map(move)
+
+    def crop(self, frames: slice, rows: slice, cols: slice, size: tuple[int, int]) -> "Conditioning":
+        """The conditioning of one window and tile of a clip whose frames are ``size = (H, W)``:
+        the per-frame fields (``known``, ``mask``, ``control``) sliced to ``[frames, rows, cols]``,
+        ``low_res`` to the same region of its own grid (its tile must cover whole low-resolution
+        pixels); per-sample fields (text, reference, noise levels, stride) unchanged."""
+        changes = {n: getattr(self, n)[:, :, frames, rows, cols] for n in _SPACETIME_FIELDS
+                   if getattr(self, n) is not None}
+        if self.low_res is not None:
+            H, W = size
+            h, w = self.low_res.shape[-2:]
+            if H % h or W % w:
+                raise ValueError(f"Conditioning.crop: low_res {h}x{w} is not a whole fraction of {H}x{W}")
+            sy, sx = H // h, W // w
+            bounds = [rows.start, rows.stop, cols.start, cols.stop]
+            if bounds[0] % sy or bounds[1] % sy or bounds[2] % sx or bounds[3] % sx:
+                raise ValueError(f"Conditioning.crop: rows {rows.start}:{rows.stop}, cols "
+                                 f"{cols.start}:{cols.stop} do not fall on low_res pixels ({sy}x{sx} each)")
+            changes["low_res"] = self.low_res[:, :, frames, rows.start // sy:rows.stop // sy,
+                                              cols.start // sx:cols.stop // sx]
+        return self.replace(**changes)
 
     def null(self, text: bool = True, frames: bool = False) -> "Conditioning":
         """The unconditional version used by classifier-free guidance.

@@ -28,10 +28,11 @@ from vidiff.cli.latent import add_cache_latents, add_reconstruct
 from vidiff.cli.ship import add_ship
 from vidiff.cli.synth import add_synth
 from vidiff.cli.train import add_demo, add_train
+from vidiff.cli.upscale import add_upscale
 
 
 # ----------------------------------------------------------------------------- main
-COMMANDS = [add_demo, add_train, add_generate, *FRAME_COMMANDS, *EDITING_COMMANDS, add_synth, add_reconstruct, add_cache_latents, add_eval,
+COMMANDS = [add_demo, add_train, add_generate, *FRAME_COMMANDS, add_upscale, *EDITING_COMMANDS, add_synth, add_reconstruct, add_cache_latents, add_eval,
             add_models, add_ship, add_check, add_schedule, add_convert]
 
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 from vidiff.cli.common import (add_frame_options, add_long_options, add_sampling_options, existing_file, existing_path,
                                long_kwargs, model_type, nonnegative_float, one_of, positive_int, read_video,
                                sampling_kwargs, text_type, unit_interval)
 from vidiff.models.controlnet import CONTROL_TYPES
+from vidiff.pipelines.cascade import Cascade
 from vidiff.pipelines.control import parse_control_range
 from vidiff.pipelines.video import load
 from vidiff.video import Video
@@ -36,6 +38,10 @@ def add_generate(sub) -> None:
     p.add_argument("--grid", action="store_true", help="write all videos as one grid")
     p.add_argument("--from-noise", type=existing_file, metavar="FILE",
                    help="a noise file of `vidiff invert`: reproduce its clip (its prompt, steps, guidance)")
+    p.add_argument("--cascade", metavar="FILE_OR_NAME",
+                   help="run a cascade instead of one model: a YAML list of stages (base, interpolate, "
+                        "upscale) or a shipped cascade's name (shapes: 32x32 base -> 64x64); "
+                        "its stages set models and sampling")
     p.add_argument("--reference", type=existing_path, metavar="IMAGE",
                    help="an image whose subject and style the video shows (a model with a reference "
                         "pathway, e.g. shapes-reference); the prompt may name only the motion")
@@ -65,13 +71,9 @@ def add_generate(sub) -> None:
 def run_generate(args) -> int:
     if args.from_noise is not None:
         return _from_noise(args)
-    if args.prompt is not None and args.prompts is not None:
-        raise ValueError("give --prompt or --prompts, not both")
-    prompts = args.prompt
-    if args.prompts is not None:
-        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-        if not prompts:
-            raise ValueError(f"prompts file {args.prompts!r} has no prompts")
+    if args.cascade is not None:
+        return _cascade(args)
+    prompts = _prompts(args)
     options = long_kwargs(args)      # a bad schedule file is refused before the model loads
     if options["prompt_schedule"] is not None and prompts is not None and len(prompts) > 1:
         raise ValueError("--prompt-schedule goes with at most one --prompt (the prompt before its first frame)")
@@ -86,6 +88,24 @@ def run_generate(args) -> int:
                            samples=args.samples, height=args.height, width=args.width,
                            guidance_rescale=args.guidance_rescale, **options, **control, **sampling_kwargs(args))
     videos = videos if isinstance(videos, list) else [videos]
+    _write(videos, args)
+    return 0
+
+
+def _prompts(args) -> Optional[list[str]]:
+    """The prompts of ``--prompt`` (repeated) or ``--prompts FILE`` (None: neither)."""
+    if args.prompt is not None and args.prompts is not None:
+        raise ValueError("give --prompt or --prompts, not both")
+    prompts = args.prompt
+    if args.prompts is not None:
+        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"prompts file {args.prompts!r} has no prompts")
+    return prompts
+
+
+def _write(videos: list[Video], args) -> None:
+    """One video (or ``--grid``, all of them) to ``--out``; else OUT_0, OUT_1, ..."""
     out = Path(args.out)
     if args.grid or len(videos) == 1:
         Video.grid(videos, cols=args.samples if len(videos) > 1 else 1).save(out)
@@ -95,7 +115,6 @@ def run_generate(args) -> int:
             target = out.with_name(f"{out.stem}_{i}{out.suffix}")
             video.save(target)
             print(f"wrote {target}")
-    return 0
 
 
 def _control_kwargs(args) -> dict:
@@ -125,8 +144,24 @@ def _control_kwargs(args) -> dict:
     return kwargs
 
 
+# Options a cascade's stages set themselves (and options no stage reads), refused beside --cascade.
+CASCADE_FIXES = ("model", "frames", "height", "width", "negative_prompt", "prompt_schedule", "reference",
+                 "control", "control_from", "control_type", "controlnet", "extractor", "method", "overlap")
+
+
+def _cascade(args) -> int:
+    given = [f"--{name.replace('_', '-')}" for name in CASCADE_FIXES if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"--cascade takes its models, sizes and sampling from its stages: drop {', '.join(given)}")
+    cascade = Cascade.load(args.cascade, device=args.device)       # checked before any model loads
+    prompts = _prompts(args) or [None]
+    videos = [cascade(p, seed=args.seed + k, progress=True) for p in prompts for k in range(args.samples)]
+    _write(videos, args)
+    return 0
+
+
 # Options a noise file fixes itself (its prompt and clip size), refused beside --from-noise.
-NOISE_FIXES = ("prompt", "prompts", "frames", "height", "width", "prompt_schedule", "negative_prompt")
+NOISE_FIXES = ("cascade", "prompt", "prompts", "frames", "height", "width", "prompt_schedule", "negative_prompt")
 
 
 def _from_noise(args) -> int:

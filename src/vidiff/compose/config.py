@@ -202,6 +202,30 @@ class ReferenceConfig:
 
 
 @dataclass
+class UpscaleConfig:
+    """How a super-resolution stage (``kind: upscale``) makes its training pairs.
+
+    Each clip of ``data.size`` is box-filtered down by ``scale`` (the mean of each
+    ``scale x scale`` block, as a sensor integrates light) to make its low-resolution input.
+    Noise-conditioning augmentation (Ho et al., cascaded diffusion models): a share
+    ``noise_prob`` of the samples get their low-resolution input noised to a diffusion time
+    uniform in ``[0, noise_max]`` (under the run's schedule), and the network is told the
+    time (``Conditioning.low_res_noise``). At sampling the caller picks the time: a little
+    noise lets the stage repair an earlier stage's artefacts instead of copying them.
+    """
+    scale: int = 2
+    noise_prob: float = 0.75
+    noise_max: float = 0.5
+
+    def __post_init__(self):
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 2:
+            raise ConfigError(f"upscale.scale must be an integer >= 2, got {self.scale!r}")
+        for name in ("noise_prob", "noise_max"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"upscale.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
 class SampleConfig:
     """How samples are drawn: the one source of the sampling defaults that the pipeline, the
     commands and the samples written during training share.
@@ -237,7 +261,8 @@ class RunConfig:
     A ControlNet run also names its frozen ``base`` (a shipped model's name or a denoiser
     checkpoint or run directory), the ``control`` type of its maps (``silhouette``, ``edges``,
     ``depth``, ``custom``) and, for ``depth`` and ``custom``, the TorchScript ``extractor``
-    file that makes them from the training clips.
+    file that makes them from the training clips. A super-resolution stage (``kind: upscale``)
+    reads ``upscale``.
     """
     kind: str = "denoiser"
     base: Optional[str] = None
@@ -251,5 +276,6 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    upscale: UpscaleConfig = field(default_factory=UpscaleConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 

@@ -68,6 +68,22 @@ def resize_crop(x: torch.Tensor, height: int, width: int, crop: str = "center",
     return x[:, :, top:top + height, left:left + width]
 
 
+def box_downsample(video: torch.Tensor, factor: int) -> torch.Tensor:
+    """Each frame of ``video (..., C, T, H, W)`` shrunk by ``factor``: the mean of every
+    ``factor x factor`` block, as a camera sensor integrates the light over a larger pixel.
+
+    This is how a super-resolution stage's training inputs are made and how its consistency is
+    checked (an upscaled clip box-downsampled again should give back its input). ``H`` and
+    ``W`` must be multiples of ``factor``; ValueError otherwise.
+    """
+    *lead, C, T, H, W = video.shape
+    if H % factor or W % factor:
+        raise ValueError(f"a {H}x{W} frame does not box-downsample by {factor}: "
+                         f"height and width must be multiples of {factor}")
+    blocks = video.reshape(*lead, C, T, H // factor, factor, W // factor, factor)
+    return blocks.mean(dim=(-3, -1))
+
+
 class SyntheticDataset(Dataset):
     """Base of the procedurally generated datasets: infinite or ``length`` items, optional buckets.
 

@@ -11,6 +11,7 @@ from vidiff.diffusion.samplers import (
     sample_euler, sample_heun, timesteps,
 )
 from vidiff.diffusion.schedule import SCHEDULES, Schedule
+from vidiff.diffusion.tiled import TiledDenoiser, blend_weights, tile_starts
 
 __all__ = [
     "Schedule", "SCHEDULES", "sample", "invert", "SAMPLERS", "SPACINGS", "DEFAULT_SPACING",
@@ -20,5 +21,5 @@ __all__ = [
     "sample_ddpm", "sample_ddim", "sample_euler", "sample_heun", "sample_dpmpp_2m", "ddim_invert",
     "PARAMETERIZATIONS", "LOSS_WEIGHTINGS", "TIME_DISTRIBUTIONS", "prediction_target",
     "prediction_to_x0", "x0_to_prediction", "loss_weight", "diffusion_loss",
-    "NetworkDenoiser", "GuidedDenoiser", "KnownFramesDenoiser", "FRAME_METHODS", "DEFAULT_GUIDANCE_WEIGHT", "TASKS", "draw_task_mask", "latent_mask",
+    "NetworkDenoiser", "GuidedDenoiser", "TiledDenoiser", "tile_starts", "blend_weights", "KnownFramesDenoiser", "FRAME_METHODS", "DEFAULT_GUIDANCE_WEIGHT", "TASKS", "draw_task_mask", "latent_mask",
 ]

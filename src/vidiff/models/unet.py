@@ -567,6 +567,13 @@ UNET_MODELS: dict[str, UNetConfig] = {
     "unet-demo": UNetConfig(channels=(48, 96), patch=4, blocks_per_level=1, spatial_attention=(-1,),
                             cross_attention=(-1,), temporal_attention=(-1,), head_dim=24,
                             norm_groups=8),
+    # A super-resolution stage: the low-resolution clip already holds the layout, so the stage
+    # needs local detail more than context. A 2x2 stem (16x16 compute grid for a 32x32 output
+    # tile, 32x32 for 64x64) keeps edges within a pixel; no spatial attention; temporal
+    # attention at the coarse level keeps the detail consistent from frame to frame.
+    "unet-sr": UNetConfig(channels=(32, 64), patch=2, blocks_per_level=1, spatial_attention=(),
+                          cross_attention=(-1,), temporal_attention=(-1,), head_dim=32,
+                          norm_groups=8),
     "unet-s": UNetConfig(channels=(128, 256, 384), blocks_per_level=2, spatial_attention=(1, 2),
                          cross_attention=(1, 2), temporal_attention=(1, 2)),
     "unet-b": UNetConfig(channels=(192, 384, 768, 768), blocks_per_level=2,

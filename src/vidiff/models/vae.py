@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vidiff.diffusion.tiled import blend_weights, tile_starts
 from vidiff.models.vae_blocks import Decoder, Encoder, FactorizedCausalConv
 from vidiff.models.vae_config import VAEConfig
 
@@ -71,35 +72,8 @@ class DiagonalGaussian:
 
 
 #################################################################################
-#                          Tiles, chunks, pixel formats                         #
+#                                Pixel formats                                  #
 #################################################################################
-
-
-def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
-    """Starts of overlapping tiles of ``tile`` cells covering ``n`` cells (the last one flush)."""
-    if tile >= n:
-        return [0]
-    return list(range(0, n - tile, tile - overlap)) + [n - tile]
-
-
-def _axis_weights(n: int, starts: list[int], tile: int, ramp: int) -> list[Tensor]:
-    """Blend weights along one axis (output units), one ``(length,)`` vector a tile, summing to
-    one at every position: a linear ramp of ``ramp`` cells on each side that meets another tile."""
-    raw = []
-    for s in starts:
-        length = min(tile, n - s)
-        w = torch.ones(length)
-        r = min(ramp, length)
-        up = torch.arange(1, r + 1, dtype=torch.float32) / (r + 1)          # never zero: safe to divide
-        if r and s > 0:
-            w[:r] = up
-        if r and s + length < n:
-            w[-r:] = torch.minimum(w[-r:], up.flip(0))
-        raw.append(w)
-    total = torch.zeros(n)
-    for s, w in zip(starts, raw):
-        total[s:s + len(w)] += w
-    return [w / total[s:s + len(w)] for s, w in zip(starts, raw)]
 
 
 def _to_pixels(frames) -> Tensor:
@@ -198,9 +172,9 @@ class VideoVAE(nn.Module):
         overlap = tile // 4 if overlap is None else overlap
         if not 0 <= overlap < tile:
             raise ValueError(f"VideoVAE: tile overlap must be in [0, tile={tile}), got {overlap}")
-        ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
-        wy = _axis_weights(h * scale_out, [s * scale_out for s in ys], tile * scale_out, overlap * scale_out)
-        wx = _axis_weights(w * scale_out, [s * scale_out for s in xs], tile * scale_out, overlap * scale_out)
+        ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+        wy = blend_weights(h * scale_out, [s * scale_out for s in ys], tile * scale_out, overlap * scale_out)
+        wx = blend_weights(w * scale_out, [s * scale_out for s in xs], tile * scale_out, overlap * scale_out)
         out = None
         for i, (y0, vy) in enumerate(zip(ys, wy)):
             for j, (x0, vx) in enumerate(zip(xs, wx)):

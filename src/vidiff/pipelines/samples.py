@@ -11,6 +11,7 @@ from typing import Optional
 from vidiff.checkpoint import resolve_checkpoint, write_file_atomic
 from vidiff.compose import RunConfig, load_autoencoder, load_controlnet
 from vidiff.data import collate
+from vidiff.data.common import box_downsample
 from vidiff.data.shapes import caption
 from vidiff.pipelines.autoencoder import reconstruction_grid
 from vidiff.pipelines.control import maps_video
@@ -85,6 +86,21 @@ def controlnet_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> 
                       lambda tmp: tmp.write_text("\n".join(i["caption"] or "" for i in items) + "\n"))
 
 
+def upscale_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> None:
+    """The dataset's last four clips: their box-downsampled inputs (top row, pixels repeated to
+    the output size), the stage's upscaled videos (middle) and the clips themselves (bottom)."""
+    pipe = load(checkpoint)
+    items = [trainer.dataset[len(trainer.dataset) - 1 - i] for i in range(4)]
+    s, scale = run.sample, run.upscale.scale
+    inputs, outputs, truths = [], [], []
+    for item in items:
+        low = box_downsample(item["video"], scale)                                  # (3, T, h, w)
+        inputs.append(Video.from_tensor(low.repeat_interleave(scale, 2).repeat_interleave(scale, 3), fps=pipe.fps))
+        outputs.append(pipe.upscale(low, steps=s.steps, sampler=s.sampler, seed=0))
+        truths.append(Video.from_tensor(item["video"], fps=pipe.fps))
+    Video.grid(inputs + outputs + truths, cols=4).save(out)
+
+
 # One writer per run kind (vidiff.train.kinds.RUN_KINDS); a kind without one writes no samples.
 SAMPLE_WRITERS = {"denoiser": denoiser_samples, "autoencoder": autoencoder_samples,
-                  "controlnet": controlnet_samples}
+                  "controlnet": controlnet_samples, "upscale": upscale_samples}

@@ -37,6 +37,7 @@ from vidiff.pipelines.control import ControlNetLike, ControlTasks
 from vidiff.pipelines.editing import EditingTasks
 from vidiff.pipelines.frames import FrameTasks, clip_tensor
 from vidiff.pipelines.shipped import DEFAULT_MODEL, resolve_model
+from vidiff.pipelines.upscale import UpscaleTasks
 from vidiff.video import DEFAULT_FPS, Video
 
 # Largest difference (in [-1, 1] units) between a sample drawn alone and the same sample drawn
@@ -66,7 +67,7 @@ def _check_count(name: str, value) -> int:
     return value
 
 
-class VideoPipeline(FrameTasks, EditingTasks, ControlTasks):
+class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
     """Generates videos with a trained denoiser.
 
     Args:

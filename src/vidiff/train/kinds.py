@@ -1,7 +1,7 @@
 """The run-kind registry: what a run trains, by which objective, and how it reloads.
 
-A run config states its ``kind`` (``"denoiser"``, ``"autoencoder"``, ``"controlnet"``; later a
-super-resolution stage, a distilled student). Each kind is one
+A run config states its ``kind`` (``"denoiser"``, ``"upscale"`` (a super-resolution stage),
+``"autoencoder"``, ``"controlnet"``; later a distilled student). Each kind is one
 :class:`RunKind` entry: the model sizes it trains, the clip length it defaults to, how it
 builds its objective and trainer, the checkpoint kind it writes and the loader that rebuilds
 what it trained. A new kind is a new entry here, not a new branch on a name elsewhere.
@@ -71,6 +71,9 @@ def _denoiser_trainer(run: RunConfig, dataset, resume: Optional[str], progress: 
     text_encoder = build_text_encoder_for(run, captions=None if text_dir else vocabulary_captions(dataset),
                                           text_dir=text_dir)
     network = build_network_for(run, text_encoder, vae)
+    if getattr(network.config, "low_res", False) and run.kind != "upscale":
+        raise ConfigError("the network has a low-resolution input (low_res: true): a super-resolution "
+                          "stage trains with kind: upscale")
     _check_latent_cache(dataset, vae, text_encoder)
     references = getattr(network.config, "reference_tokens", 0) > 0
     if run.reference.prob > 0 and not references:
@@ -84,7 +87,8 @@ def _denoiser_trainer(run: RunConfig, dataset, resume: Optional[str], progress: 
         text_dropout=run.train.text_dropout if text_encoder is not None else 0.0,
         frame_stride=getattr(network.config, "frame_stride", False), vae=vae,
         tasks=run.tasks if getattr(network.config, "known_frames", False) else None,
-        reference=run.reference if references else None)
+        reference=run.reference if references else None,
+        upscale=run.upscale if run.kind == "upscale" else None)
     checkpoint_config = {"kind": run_kind(run).checkpoint_kind, **network_spec(network), "run": to_dict(run),
                          "fps": _fps(dataset)}
 
@@ -116,6 +120,20 @@ def _check_latent_cache(dataset, vae, text_encoder) -> None:
     else:
         dataset.cached_text = text_encoder is not None and isinstance(text, dict) and \
             text.get("kind") == text_encoder.config.kind and text.get("dim") == text_encoder.dim
+
+
+# ----------------------------------------------------------------------------- super-resolution
+def _upscale_trainer(run: RunConfig, dataset, resume: Optional[str], progress: bool) -> Trainer:
+    """A super-resolution stage is a denoiser with a low-resolution input, trained on pairs made
+    on the fly from the dataset's clips (:meth:`DiffusionObjective.low_resolution`)."""
+    if run.model.vae:
+        raise ConfigError("kind upscale trains a pixel stage: remove model.vae")
+    if run.data.size % run.upscale.scale:
+        raise ConfigError(f"data.size {run.data.size} is not a multiple of upscale.scale "
+                          f"{run.upscale.scale}: the low-resolution input would not be whole pixels")
+    run = dataclasses.replace(run, model=dataclasses.replace(
+        run.model, overrides={**run.model.overrides, "low_res": True}))
+    return _denoiser_trainer(run, dataset, resume, progress)
 
 
 # ----------------------------------------------------------------------------- autoencoder
@@ -193,6 +211,9 @@ def _latent_frames(run: dict) -> Optional[int]:
 RUN_KINDS: dict[str, RunKind] = {
     "denoiser": RunKind("denoiser", "denoiser", tuple(MODELS), _latent_frames, _denoiser_trainer,
                         lambda path, device=None: load_denoiser(path, device=device)),
+    # A stage loads as a denoiser: its low_res network and the run's upscale config say the rest.
+    "upscale": RunKind("upscale", "denoiser", tuple(MODELS), lambda run: None, _upscale_trainer,
+                       lambda path, device=None: load_denoiser(path, device=device)),
     "autoencoder": RunKind("autoencoder", "autoencoder", tuple(AUTOENCODERS),
                            lambda run: AUTOENCODER_FRAMES, _autoencoder_trainer,
                            lambda path, device=None: load_autoencoder(path, device=device)),

@@ -17,8 +17,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from vidiff.compose.config import DiffusionConfig, ReferenceConfig, TasksConfig
+from vidiff.compose.config import DiffusionConfig, ReferenceConfig, TasksConfig, UpscaleConfig
 from vidiff.conditioning import Conditioning
+from vidiff.data.common import box_downsample
 from vidiff.diffusion import TASKS, diffusion_loss, draw_task_mask
 
 
@@ -89,13 +90,19 @@ class DiffusionObjective(nn.Module):
         control: ``fn(clips (B, 3, T, H, W) in [-1, 1]) -> maps (B, C_ctrl, T, H, W)`` for a
             pixel network that reads ``cond.control`` (a base with its ControlNet): each
             batch's maps are extracted from its own clips.
+        upscale: for a super-resolution stage (a network with a ``low_res`` input): how each
+            clip's low-resolution input is made (box-downsampled by ``upscale.scale``, then
+            noise-augmented; see :class:`~vidiff.compose.config.UpscaleConfig`).
     """
 
     def __init__(self, network: nn.Module, text_encoder: Optional[nn.Module], diffusion: DiffusionConfig,
                  text_dropout: float, frame_stride: bool = False, vae: Optional[nn.Module] = None,
                  tasks: Optional[TasksConfig] = None, control: Optional[Callable[[Tensor], Tensor]] = None,
-                 reference: Optional[ReferenceConfig] = None):
+                 reference: Optional[ReferenceConfig] = None, upscale: Optional[UpscaleConfig] = None):
         super().__init__()
+        if upscale is not None and vae is not None:
+            raise ValueError("a super-resolution stage works in pixels: it cannot take an autoencoder")
+        self.upscale = upscale
         self.reference = reference if reference is not None and reference.prob > 0 else None
         if control is not None and vae is not None:
             raise ValueError("control maps are extracted from pixel clips: a latent model cannot take them")
@@ -170,6 +177,9 @@ class DiffusionObjective(nn.Module):
             with torch.no_grad():
                 maps = self.control(x0)                                 # (B, C_ctrl, T, H, W)
             cond = (cond or Conditioning()).replace(control=maps.to(device=device, dtype=x0.dtype))
+        if self.upscale is not None:
+            low, level = self.low_resolution(x0, draws)
+            cond = (cond or Conditioning()).replace(low_res=low, low_res_noise=level)
         pred = self.network(x_t, t, cond)
         loss = diffusion_loss(pred, x0, noise, t, self.schedule, d.parameterization,
                               d.loss_weighting, d.min_snr_gamma, known=mask, known_weight=known_weight)
@@ -195,6 +205,19 @@ class DiffusionObjective(nn.Module):
             if drop[i] and cfg.drop_words:
                 out[i] = " ".join(w for w in (captions[i] or "").split() if w.lower() not in cfg.drop_words)
         return out, (images, given)
+
+    def low_resolution(self, x0: Tensor, draws: SampleDraws) -> tuple[Tensor, Tensor]:
+        """The stage's input for clips ``x0 (B, C, T, H, W)``: ``low (B, C, T, H/s, W/s)``, box-
+        downsampled by ``s = upscale.scale`` and noised to ``level (B,)`` (0 where a sample
+        draws no augmentation), both from each sample's own streams."""
+        cfg = self.upscale
+        low = box_downsample(x0, cfg.scale)
+        noisy = draws.uniform("low_res_noise_on") < cfg.noise_prob
+        level = torch.where(noisy, draws.uniform("low_res_noise") * cfg.noise_max, 0.0)
+        level = level.to(device=x0.device, dtype=x0.dtype)                        # (B,)
+        eps = draws.normal(tuple(low.shape[1:]), "low_res_eps").to(device=x0.device, dtype=x0.dtype)
+        noised = self.schedule.add_noise(low, eps, level.clamp(min=1e-5))
+        return torch.where(level.view(-1, 1, 1, 1, 1) > 0, noised, low), level
 
     def frame_task(self, x0: Tensor, draws: SampleDraws) -> tuple[Tensor, Tensor, Tensor]:
         """One task of the mix per sample: ``known (B, C, T, H, W)`` (``x0`` noised to each
