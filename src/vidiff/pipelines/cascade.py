@@ -130,7 +130,8 @@ class Cascade:
              width: Optional[int] = None, fps: Optional[float] = None) -> list[StagePlan]:
         """Check the chain from the models' config files (no weights load) and return what each
         stage makes; ``frames``/``height``/``width``/``fps`` describe the input video of a
-        cascade without a base. ConfigError names the stage and what does not fit."""
+        cascade without a base (not given: its sizes are checked when it runs, the models and
+        tasks now). ConfigError names the stage and what does not fit."""
         plans: list[StagePlan] = []
         clip = None if frames is None else (frames, height, width, fps)
         for i, stage in enumerate(self.stages):
@@ -151,9 +152,6 @@ class Cascade:
                 if stage.frames is not None and (isinstance(stage.frames, bool) or stage.frames < 1):
                     raise _stage_error(i, stage, f"frames must be >= 1, got {stage.frames!r}")
                 clip = (stage.frames or run.data.frames, size, size, model_fps)
-            elif clip is None:
-                raise _stage_error(i, stage, "nothing to work on: start the cascade with a base stage "
-                                             "or give it a video")
             elif stage.task == "interpolate":
                 if not network.get("known_frames"):
                     raise _stage_error(i, stage, "an interpolation stage needs a model trained with known-frame "
@@ -161,10 +159,11 @@ class Cascade:
                 if isinstance(stage.factor, bool) or not 2 <= stage.factor < run.data.frames:
                     raise _stage_error(i, stage, f"factor must be an integer in [2, {run.data.frames - 1}], "
                                                  f"got {stage.factor!r}")
-                if clip[1:3] != (size, size):
+                if clip is not None and clip[1:3] != (size, size):
                     raise _stage_error(i, stage, f"its input is {clip[2]}x{clip[1]} but the model makes "
                                                  f"{size}x{size} frames")
-                clip = ((clip[0] - 1) * stage.factor + 1, clip[1], clip[2], clip[3] * stage.factor)
+                if clip is not None:
+                    clip = ((clip[0] - 1) * stage.factor + 1, clip[1], clip[2], clip[3] * stage.factor)
             else:
                 if not network.get("low_res"):
                     raise _stage_error(i, stage, "not a super-resolution stage (no low-resolution input; "
@@ -175,11 +174,12 @@ class Cascade:
                 if not 0.0 <= stage.noise_level <= 1.0:
                     raise _stage_error(i, stage, f"noise_level must be in [0, 1], got {stage.noise_level!r}")
                 most = size // scale
-                if stage.tile is None and (clip[1] > most or clip[2] > most):
+                if clip is not None and stage.tile is None and (clip[1] > most or clip[2] > most):
                     raise _stage_error(i, stage, f"its input is {clip[2]}x{clip[1]} but the stage takes at "
                                                  f"most {most}x{most} without tiling (set tile: {most})")
-                clip = (clip[0], clip[1] * scale, clip[2] * scale, clip[3])
-            plans.append(StagePlan(stage, path, *clip))
+                if clip is not None:
+                    clip = (clip[0], clip[1] * scale, clip[2] * scale, clip[3])
+            plans.append(StagePlan(stage, path, *(clip or (None, None, None, None))))
         return plans
 
     # ------------------------------------------------------------------ running
