@@ -19,6 +19,7 @@ from vidiff.compose import RunConfig, load_autoencoder
 from vidiff.config import from_dict, load_file, to_dict
 from vidiff.models.registry import architecture_of, resolve_config
 from vidiff.train.config import load_run_config
+from vidiff.train.kinds import RUN_KINDS
 from vidiff.train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +230,7 @@ def test_config_trains_tiny_and_reloads(path, tiny_run):
     full, tiny, out = tiny_run(path)
     # the overrides shrank the run, not its recipe: the config and the checkpoint agree with the file
     assert about(tiny) == about(full)
-    stored = read_config(resolve_checkpoint(out), kind=full.kind, required=("run",))
+    stored = read_config(resolve_checkpoint(out), kind=RUN_KINDS[full.kind].checkpoint_kind, required=("run",))
     assert stored["step"] == STEPS
     recorded = from_dict(RunConfig, stored["run"])
     if full.kind == "controlnet":      # it records the diffusion and text settings of its base
@@ -258,5 +259,10 @@ def test_config_trains_tiny_and_reloads(path, tiny_run):
     assert pipe.schedule == full.diffusion.make_schedule()
     assert (pipe.vae is not None) == (full.model.vae is not None)
     assert (pipe.text_encoder is not None) == (full.text.kind != "none")
-    video = pipe.generate("a red circle moving right", steps=2, seed=0)
+    if full.kind == "upscale":             # a stage: its training size is its output size
+        scale = full.upscale.scale
+        assert pipe.upscale_factor == scale
+        video = pipe.upscale(torch.rand(3, frames, 16 // scale, 16 // scale) * 2 - 1, steps=2)
+    else:
+        video = pipe.generate("a red circle moving right", steps=2, seed=0)
     assert video.frames.shape == (frames, 16, 16, 3)
