@@ -21,10 +21,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from control import held_out_clips   # benchmarks/control.py: fresh clips of the held-out triples
 
 from vidiff.data import DEMO_HELD_OUT, all_triples, build_dataset
 from vidiff.data.common import box_downsample
-from vidiff.data.shapes import caption, geometry, render
+from vidiff.data.shapes import caption
 from vidiff.eval.shapes import score
 from vidiff.eval.temporal import psnr_ssim
 from vidiff.pipelines.video import load
@@ -32,14 +33,7 @@ from vidiff.video import Video
 
 
 def shapes_clips(n: int, size: int = 64, frames: int = 16, seed: int = 2468) -> list[torch.Tensor]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        triple = tuple(DEMO_HELD_OUT[i % len(DEMO_HELD_OUT)])
-        g = geometry(triple[2], frames, size)
-        start = (rng.uniform(*g["x"]), rng.uniform(*g["y"]))
-        out.append(Video(render(*triple, frames=frames, size=size, start=start)).to_tensor())
-    return out
+    return [Video(frames).to_tensor() for _, frames in held_out_clips(n, frames=frames, size=size, seed=seed)]
 
 
 def photopan_clips(n: int, size: int = 64, frames: int = 16) -> list[torch.Tensor]:
