@@ -169,6 +169,8 @@ CASES = [
     ("animate {missing}.png --out {out}/a.mp4", "argument image: no such file or folder"),
     ("predict {clip} --context 0 --frames 4 --out {out}/p.mp4", "argument --context: must be an integer >= 1, got '0'"),
     ("interpolate {clip} --factor 1 --model {den} --out {out}/i.mp4", "--factor must be >= 2"),
+    ("upscale {clip} --noise-level 2 --out {out}/u.mp4", "--noise-level"),
+    ("upscale {clip} --model {den} --out {out}/u.mp4", "not a super-resolution stage"),
     ("inpaint {clip} --box 1,2,3 --out {out}/b.mp4", "box x0,y0,x1,y1 takes 4 comma-separated integers"),
     ("outpaint {clip} --pad left=-4 --out {out}/o.mp4", "pad left=-4 is negative"),
     ("extend {clip} --frames 8 --scheme spiral --out {out}/e.mp4", "unknown scheme 'spiral'"),
