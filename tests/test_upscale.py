@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vidiff.compose import build_network_for
-from vidiff.compose.config import DiffusionConfig, RunConfig, UpscaleConfig
+from vidiff.compose.config import RunConfig, UpscaleConfig
 from vidiff.conditioning import Conditioning
 from vidiff.config import ConfigError, from_dict
 from vidiff.data import collate
@@ -36,10 +36,10 @@ def _pipe(run: RunConfig) -> VideoPipeline:
 
 # ----------------------------------------------------------------------------- training pairs
 def test_box_downsample_is_the_block_mean():
-    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 1, 4, 4)   # (C, B=1, T, H, W)
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 1, 4, 4)   # (B=2, C=1, T=1, H, W)
     low = box_downsample(x, 2)
     assert low.shape == (2, 1, 1, 2, 2)
-    # Block (0, 0) of channel 0 holds 0, 1, 4, 5.
+    # Block (0, 0) of clip 0 holds 0, 1, 4, 5.
     assert low[0, 0, 0, 0, 0] == pytest.approx((0 + 1 + 4 + 5) / 4)
     assert low[1, 0, 0, 1, 1] == pytest.approx((26 + 27 + 30 + 31) / 4)
     with pytest.raises(ValueError, match="multiples of 3"):

@@ -180,15 +180,15 @@ def model_type(text: str) -> str:
     return text
 
 
-def add_model_option(parser) -> None:
+def add_model_option(parser, default: str = DEFAULT_MODEL) -> None:
     """``--model NAME_OR_DIR``, the one option every command that uses a model takes.
 
-    Left out, it is None, which :func:`vidiff.pipelines.video.load` reads as the shipped
-    ``shapes``: a string default would be checked before argparse reports a missing required
+    Left out, it is None, which the command reads as its ``default`` (named in the help;
+    :func:`vidiff.pipelines.video.load` reads None as the shipped ``shapes``): a string default would be checked before argparse reports a missing required
     option, and a build without ``shapes`` would then hide that message behind its own."""
     parser.add_argument("--model", type=model_type, default=None, metavar="NAME_OR_DIR",
                         help=f"a shipped model's name (vidiff models --pretrained) or a checkpoint or "
-                             f"run directory (default: {DEFAULT_MODEL})")
+                             f"run directory (default: {default})")
 
 
 def dataset_type(text: str) -> str:

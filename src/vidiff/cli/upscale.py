@@ -27,8 +27,7 @@ def add_upscale(sub) -> None:
     p.add_argument("--prompt", type=text_type, help="for a text-conditioned stage: the video's prompt")
     p.add_argument("--tile", type=positive_int, metavar="PIXELS",
                    help="tile side in input pixels, for frames larger than the stage's training input")
-    add_model_option(p)
-    p.set_defaults(model=DEFAULT_STAGE)
+    add_model_option(p, default=DEFAULT_STAGE)
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: the stage's recorded ones)")
     p.add_argument("--sampler", type=one_of("sampler", SAMPLERS))
     p.add_argument("--seed", type=seed_type, default=0)
@@ -39,7 +38,7 @@ def add_upscale(sub) -> None:
 
 def run_upscale(args) -> int:
     video = read_video(args.video)
-    pipe = load(args.model, device=args.device)
+    pipe = load(args.model or DEFAULT_STAGE, device=args.device)
     out = pipe.upscale(video, args.scale, args.noise_level, args.prompt, seed=args.seed, steps=args.steps,
                        sampler=args.sampler, tile=args.tile, progress=True)
     out.save(args.out)

@@ -71,6 +71,7 @@ class TiledDenoiser:
                 raise ValueError(f"tile overlap must be in [0, {tile}) pixels, got {tile_overlap}")
         self.denoiser, self.frames, self.frame_overlap = denoiser, frames, frame_overlap
         self.tile, self.tile_overlap = tile, tile_overlap
+        self._pieces: dict[tuple[int, int, int], list] = {}      # by (T, H, W): the same at every step
 
     def pieces(self, T: int, H: int, W: int) -> list[tuple[slice, slice, slice, Tensor]]:
         """The ``(frames, rows, cols, weight (t, h, w))`` of every piece of a ``T x H x W`` clip."""
@@ -86,7 +87,9 @@ class TiledDenoiser:
     def __call__(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         # x: (B, C, T, H, W) -> x0_hat (B, C, T, H, W)
         B, C, T, H, W = x.shape
-        pieces = self.pieces(T, H, W)
+        if (T, H, W) not in self._pieces:
+            self._pieces[T, H, W] = self.pieces(T, H, W)
+        pieces = self._pieces[T, H, W]
         if len(pieces) == 1:
             return self.denoiser(x, t, cond)
         out = torch.zeros_like(x)

@@ -27,7 +27,7 @@ from vidiff.checkpoint import read_config
 from vidiff.compose.config import RunConfig
 from vidiff.config import ConfigError, from_dict
 from vidiff.pipelines.shipped import resolve_model, shipped_dir
-from vidiff.pipelines.upscale import DEFAULT_NOISE_LEVEL
+from vidiff.pipelines.upscale import DEFAULT_NOISE_LEVEL, check_stage_options
 from vidiff.pipelines.video import DEFAULTS, VideoPipeline, check_sampling
 from vidiff.video import DEFAULT_FPS, Video
 
@@ -169,10 +169,10 @@ class Cascade:
                     raise _stage_error(i, stage, "not a super-resolution stage (no low-resolution input; "
                                                  "train one with kind: upscale)")
                 scale = run.upscale.scale
-                if stage.scale is not None and stage.scale != scale:
-                    raise _stage_error(i, stage, f"scale {stage.scale}: the model was trained for x{scale} only")
-                if not 0.0 <= stage.noise_level <= 1.0:
-                    raise _stage_error(i, stage, f"noise_level must be in [0, 1], got {stage.noise_level!r}")
+                try:
+                    check_stage_options(scale, stage.scale, stage.noise_level, "the model")
+                except ValueError as e:
+                    raise _stage_error(i, stage, str(e)) from None
                 most = size // scale
                 if clip is not None and stage.tile is None and (clip[1] > most or clip[2] > most):
                     raise _stage_error(i, stage, f"its input is {clip[2]}x{clip[1]} but the stage takes at "
@@ -198,8 +198,7 @@ class Cascade:
         if video is not None:
             if plans and plans[0].stage.task == "base":
                 raise ValueError("this cascade starts with a base stage: give a prompt, not a video")
-            frames = video.to_tensor()
-            plans = self.plan(frames.shape[1], frames.shape[2], frames.shape[3], video.fps)
+            plans = self.plan(video.num_frames, video.height, video.width, video.fps)
         elif not plans or plans[0].stage.task != "base":
             raise ValueError("this cascade has no base stage: give it a video to start from")
         outputs, current = [], video

@@ -28,6 +28,15 @@ DEFAULT_NOISE_LEVEL = 0.1       # diffusion time of the input's noise augmentati
 LOW_RES_NOISE_SEED = 104_729    # the input's augmentation noise draws from seed + this
 
 
+def check_stage_options(trained: int, scale: Optional[int], noise_level, what: str) -> None:
+    """ValueError unless ``scale`` (None: the trained one) is the stage's ``trained`` scale and
+    ``noise_level`` is a diffusion time in [0, 1]; ``what`` names the stage in the message."""
+    if scale is not None and scale != trained:
+        raise ValueError(f"scale {scale!r}: {what} was trained for x{trained} only")
+    if not (isinstance(noise_level, (int, float)) and 0.0 <= noise_level <= 1.0):
+        raise ValueError(f"noise level must be a diffusion time in [0, 1], got {noise_level!r}")
+
+
 class UpscaleTasks:
     """The super-resolution task of :class:`~vidiff.pipelines.VideoPipeline` (mixed into it)."""
 
@@ -45,10 +54,7 @@ class UpscaleTasks:
         if trained is None:
             raise ValueError(f"{self.source or 'this model'} is not a super-resolution stage (it has no "
                              "low-resolution input): use one trained with kind: upscale, e.g. shapes-sr")
-        if scale is not None and scale != trained:
-            raise ValueError(f"scale {scale!r}: {self.source or 'this stage'} was trained for x{trained} only")
-        if not (isinstance(noise_level, (int, float)) and 0.0 <= noise_level <= 1.0):
-            raise ValueError(f"noise level must be a diffusion time in [0, 1], got {noise_level!r}")
+        check_stage_options(trained, scale, noise_level, self.source or "this stage")
         return trained
 
     @torch.no_grad()
@@ -64,7 +70,8 @@ class UpscaleTasks:
             scale: the factor (None: the stage's; another one is refused).
             noise_level: diffusion time ``[0, 1]`` of the noise added to the input before the
                 stage sees it (noise-conditioning augmentation).
-            prompt: for a text-conditioned stage (None: its null text).
+            prompt: the video's prompt, for a text-conditioned stage (required there, refused
+                by a stage without text).
             seed: the seed of the sample's noise and of the input's augmentation noise.
             steps, sampler, guidance: sampling (None: what the stage's run config records).
             tile: tile side in *input* pixels for frames larger than the stage's training input

@@ -216,7 +216,7 @@ class DiffusionObjective(nn.Module):
         level = torch.where(noisy, draws.uniform("low_res_noise") * cfg.noise_max, 0.0)
         level = level.to(device=x0.device, dtype=x0.dtype)                        # (B,)
         eps = draws.normal(tuple(low.shape[1:]), "low_res_eps").to(device=x0.device, dtype=x0.dtype)
-        noised = self.schedule.add_noise(low, eps, level.clamp(min=1e-5))
+        noised = self.schedule.add_noise(low, eps, level)
         return torch.where(level.view(-1, 1, 1, 1, 1) > 0, noised, low), level
 
     def frame_task(self, x0: Tensor, draws: SampleDraws) -> tuple[Tensor, Tensor, Tensor]:
