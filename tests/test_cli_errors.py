@@ -70,6 +70,9 @@ CASES = [
     ("train {broken}", "is not valid YAML"),
     ("train {cfg} train.out_dir={out}/run train.steps=-1", "train.steps must be >= 1, got -1"),
     ("train {cfg} --nproc 0", "argument --nproc: must be an integer >= 1, got '0'"),
+    ("train {cfg} train.out_dir={out}/run model.overrides.reference_tokens=2 reference.prob=0.5 "
+     "model.overrides.reference_encoder=clip model.overrides.reference_encoder_path={missing}",
+     "CLIP vision model directory"),     # a reference encoder's folder that does not exist
     # checked once here, before torchrun starts two processes that would each fail
     ("train {cfg} --nproc 2 train.out_dir={out}/run train.steps=0", "train.steps must be >= 1, got 0"),
     ("train --resume {missing}", "argument --resume: no such file or folder"),

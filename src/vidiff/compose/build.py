@@ -22,6 +22,7 @@ from vidiff.checkpoint import (
 from vidiff.compose.config import RunConfig
 from vidiff.config import from_dict
 from vidiff.models.controlnet import ControlNet
+from vidiff.models.pretrained import frozen_prefixes
 from vidiff.models.registry import architecture_of, build_controlnet, build_from_config, resolve_config
 from vidiff.models.vae import VAEConfig, VideoVAE
 from vidiff.text import build_text_encoder, load_text_encoder
@@ -134,6 +135,14 @@ def text_encoder_dir(checkpoint: Path) -> Optional[Path]:
     return folder if folder.is_dir() else None
 
 
+def _stored(module: nn.Module, missing: list[str]) -> list[str]:
+    """The ``missing`` keys a checkpoint should have held: not those of frozen pretrained
+    models (a CLIP/T5 text encoder, a CLIP vision reference encoder), whose weights come from
+    their own folder."""
+    frozen = frozen_prefixes(module)
+    return [m for m in missing if not m.startswith(frozen)]
+
+
 @dataclass
 class Denoiser:
     """A trained denoiser's parts, as :func:`load_denoiser` rebuilds them.
@@ -149,16 +158,20 @@ class Denoiser:
     path: Path
 
 
-def load_denoiser(path, device=None, ema: bool = True,
-                  text_encoder_path: Optional[str] = None) -> Denoiser:
+def load_denoiser(path, device=None, ema: bool = True, text_encoder_path: Optional[str] = None,
+                  reference_encoder_path: Optional[str] = None) -> Denoiser:
     """A denoiser checkpoint (or a run directory: its newest checkpoint) rebuilt from its own
     files, in eval mode on ``device`` (default: CUDA if available). ``text_encoder_path``
-    re-points a frozen CLIP/T5 encoder at a new local directory."""
+    re-points a frozen CLIP/T5 encoder at a new local directory; ``reference_encoder_path`` a
+    CLIP vision reference encoder (both are ignored by a model without one)."""
     path = resolve_checkpoint(path)
     config = read_config(path, kind="denoiser", required=("arch", "network", "run"))
     run = from_dict(RunConfig, config["run"])
     if text_encoder_path is not None:
         run.text.path = text_encoder_path
+    if reference_encoder_path is not None and config["network"].get("reference_encoder") == "clip":
+        config["network"]["reference_encoder_path"] = str(reference_encoder_path)
+        run.model.overrides["reference_encoder_path"] = str(reference_encoder_path)
     text_dir = text_encoder_dir(path)
     if run.text.kind != "none" and text_dir is None:
         raise CheckpointError(f"{str(path)!r} has no text_encoder/ folder")
@@ -168,16 +181,19 @@ def load_denoiser(path, device=None, ema: bool = True,
     if text_encoder is not None:
         holder["text_encoder"] = text_encoder
     missing, unexpected = holder.load_state_dict(read_weights(path, ema=ema), strict=False)
-    # A frozen CLIP/T5 is not stored in the checkpoint: its weights come from its own folder.
-    trainable = {n for n, _ in holder.named_parameters()
-                 if not (n.startswith("text_encoder.") and not getattr(text_encoder, "trainable", True))}
-    missing = [m for m in missing if m in trainable]
+    params = {n for n, _ in holder.named_parameters()}
+    missing = [m for m in _stored(holder, missing) if m in params]
     if missing or unexpected:
         raise CheckpointError(f"weights in {str(path)!r} do not match its config: missing "
                               f"{missing[:5]}, unexpected {list(unexpected)[:5]}")
     device = default_device(device)
     holder.to(device).eval()
     vae = load_autoencoder(path / "vae", device=device) if (path / "vae").is_dir() else None
+    takes = getattr(getattr(network, "config", None), "in_channels", None)
+    if vae is not None and takes is not None and takes != vae.config.latent_channels:
+        raise CheckpointError(f"the denoiser in {str(path)!r} takes latents of {takes} channels but "
+                              f"the autoencoder in its vae/ folder codes {vae.config.latent_channels}: "
+                              f"a latent model must be used with the autoencoder it was trained on")
     return Denoiser(network, text_encoder, run, vae, config, path)
 
 
@@ -191,6 +207,7 @@ def load_controlnet(path, device=None, ema: bool = True) -> ControlNet:
     controlnet = build_controlnet(config["network"])
     state = submodule_state(read_weights(path, ema=ema), "network.controlnet.")
     missing, unexpected = controlnet.load_state_dict(state, strict=False)
+    missing = _stored(controlnet, missing)
     if missing or unexpected:
         raise CheckpointError(f"weights in {str(path)!r} do not match its ControlNet config: missing "
                               f"{missing[:5]}, unexpected {list(unexpected)[:5]}")

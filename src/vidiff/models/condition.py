@@ -9,14 +9,16 @@ A network sees conditions in three ways:
   embedder, summed;
 * a token sequence for cross-attention: the text embeddings, projected to the network width,
   with a learned null sequence for rows that drop their text (classifier-free guidance), and,
-  for a network built with a reference pathway, a few tokens of a reference image appended
-  (:class:`ReferenceEncoder`, trained with the network).
+  for a network built with a reference pathway, a few tokens of a reference image appended,
+  made by :class:`ReferenceEncoder` (trained with the network) or by a frozen CLIP vision model
+  and a trained projection (:class:`~vidiff.models.reference_clip.CLIPReferenceEncoder`).
 
 UNet3D and VideoDiT both own one :class:`ConditionEmbedder`, so the two backbones accept
 exactly the same conditions in exactly the same way.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -24,7 +26,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidiff.conditioning import Conditioning
+from vidiff.config import ConfigError
 from vidiff.models.layers import TimestepEmbedder
+from vidiff.models.pretrained import DTYPES
+from vidiff.models.reference_clip import CLIPReferenceEncoder
+
+# Where a network's reference tokens come from: the small encoder trained with it, or a frozen
+# CLIP vision model from a local folder with a trained projection.
+REFERENCE_ENCODERS = ("builtin", "clip")
+
+
+def check_reference_fields(config, where: str) -> None:
+    """ConfigError unless a network config's reference fields (``reference_tokens``,
+    ``reference_encoder``, ``reference_encoder_path``, ``reference_encoder_dtype``) agree; the
+    path is made absolute, so a checkpoint's config names the folder from anywhere."""
+    path = config.reference_encoder_path
+    if config.reference_tokens < 0:
+        raise ConfigError(f"{where}.reference_tokens must be >= 0, got {config.reference_tokens}")
+    if config.reference_encoder not in REFERENCE_ENCODERS:
+        raise ConfigError(f"{where}.reference_encoder: {config.reference_encoder!r} is not one of "
+                          f"{list(REFERENCE_ENCODERS)}")
+    if config.reference_encoder_dtype not in DTYPES:
+        raise ConfigError(f"{where}.reference_encoder_dtype: {config.reference_encoder_dtype!r} is not one "
+                          f"of {list(DTYPES)}")
+    if config.reference_encoder == "clip":
+        if not config.reference_tokens:
+            raise ConfigError(f"{where}.reference_encoder: clip makes reference tokens: set "
+                              "reference_tokens > 0 (e.g. 4)")
+        if not path:
+            raise ConfigError(f"{where}.reference_encoder_path is required for reference_encoder: clip "
+                              "(a local folder holding a CLIP vision model)")
+        config.reference_encoder_path = str(Path(path).expanduser().resolve())
+    elif path:
+        raise ConfigError(f"{where}.reference_encoder_path is set but reference_encoder is "
+                          f"{config.reference_encoder!r}: set reference_encoder: clip to use it")
+
+
+def reference_options(config) -> dict:
+    """A network config's reference fields as :class:`ConditionEmbedder` keyword arguments."""
+    return dict(reference_tokens=config.reference_tokens, reference_encoder=config.reference_encoder,
+                reference_path=config.reference_encoder_path, reference_dtype=config.reference_encoder_dtype)
 
 
 class ConditionEmbedder(nn.Module):
@@ -51,6 +92,9 @@ class ConditionEmbedder(nn.Module):
         low_res: accept a low-resolution clip as extra input channels.
         reference_tokens: append this many tokens of ``cond.reference`` to the cross-attention
             context (0: no reference pathway; needs text).
+        reference_encoder: what makes them: ``"builtin"`` (:class:`ReferenceEncoder`) or
+            ``"clip"`` (a frozen CLIP vision model from ``reference_path``, its parameters in
+            ``reference_dtype``, and a trained projection).
     """
 
     # Embedders a fine-tune may add to a checkpoint that lacks them (zeroed: no effect at first),
@@ -61,14 +105,19 @@ class ConditionEmbedder(nn.Module):
     def __init__(self, in_channels: int, emb_dim: int, text_dim: Optional[int] = None,
                  context_dim: Optional[int] = None, pooled_dim: Optional[int] = None,
                  known_frames: bool = False, frame_stride: bool = False, low_res: bool = False,
-                 known_in_place: bool = False, reference_tokens: int = 0):
+                 known_in_place: bool = False, reference_tokens: int = 0, reference_encoder: str = "builtin",
+                 reference_path: Optional[str] = None, reference_dtype: str = "float32"):
         super().__init__()
         if known_in_place and not known_frames:
             raise ValueError("known_in_place needs known_frames: true")
         if reference_tokens < 0:
             raise ValueError(f"reference_tokens must be >= 0, got {reference_tokens}")
+        if reference_encoder not in REFERENCE_ENCODERS:
+            raise ValueError(f"reference_encoder {reference_encoder!r} is not one of {list(REFERENCE_ENCODERS)}")
         if reference_tokens and text_dim is None:
             raise ValueError("a reference pathway adds cross-attention tokens: it needs text (text_dim)")
+        if reference_tokens and reference_encoder == "clip" and not reference_path:
+            raise ValueError("reference_encoder 'clip' needs reference_path: a local CLIP vision model folder")
         self.known_in_place = known_in_place
         self.in_channels, self.text_dim = in_channels, text_dim
         self.known_frames, self.low_res = known_frames, low_res
@@ -81,8 +130,12 @@ class ConditionEmbedder(nn.Module):
             # because attention over identical keys returns that token's value.
             self.null_text = nn.Parameter(torch.randn(1, 1, text_dim) * 0.02)
             self.text_proj = nn.Linear(text_dim, context_dim or text_dim)
-        self.reference = ReferenceEncoder(context_dim or text_dim, reference_tokens, emb_dim) \
-            if reference_tokens else None
+        self.reference = None
+        if reference_tokens and reference_encoder == "clip":
+            self.reference = CLIPReferenceEncoder(reference_path, context_dim or text_dim, reference_tokens,
+                                                  emb_dim, dtype=reference_dtype)
+        elif reference_tokens:
+            self.reference = ReferenceEncoder(context_dim or text_dim, reference_tokens, emb_dim)
         self.pooled_proj = None
         if pooled_dim is not None:
             self.null_pooled = nn.Parameter(torch.zeros(1, pooled_dim))
@@ -156,7 +209,8 @@ class ConditionEmbedder(nn.Module):
         if self.reference is None:
             raise ValueError(f"cond.reference {tuple(cond.reference.shape)}: this network was built without "
                              "a reference pathway (reference: true); remove the reference image")
-        return self.reference(cond.reference.to(next(self.reference.parameters()).dtype))
+        # Both encoders end in to_tokens/to_embedding MLPs: the image takes their dtype.
+        return self.reference(cond.reference.to(self.reference.to_tokens[0].weight.dtype))
 
     def embedding(self, t: Tensor, cond: Optional[Conditioning],
                   reference: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:

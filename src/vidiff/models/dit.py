@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from vidiff.conditioning import Conditioning
 from vidiff.config import ConfigError
-from vidiff.models.condition import ConditionEmbedder
+from vidiff.models.condition import ConditionEmbedder, check_reference_fields, reference_options
 from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, checkpoint_scoped,
                                   modulate, rotary_cos_sin, rotary_cos_sin_3d, rotary_cos_sin_axes,
                                   xavier_linears)
@@ -110,6 +110,9 @@ class DiTConfig:
     frame_stride: bool = False                # embed cond.frame_stride
     low_res: bool = False                     # super-resolution: upsampled low-res clip as input
     reference_tokens: int = 0                 # > 0: a reference image adds this many cross-attention tokens
+    reference_encoder: str = "builtin"        # which makes them: "builtin" (trained) or "clip" (frozen + projection)
+    reference_encoder_path: Optional[str] = None   # clip: a local CLIP vision model folder
+    reference_encoder_dtype: str = "float32"  # clip: its parameter dtype
     qk_norm: bool = True
     grad_checkpoint: bool = False
 
@@ -144,6 +147,7 @@ class DiTConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 fail(f"{name} must be positive or null, got {value}")
+        check_reference_fields(self, "DiTConfig")
 
     @property
     def outputs(self) -> int:
@@ -296,7 +300,7 @@ class VideoDiT(nn.Module):
         D, p, pt = cfg.hidden, cfg.patch, cfg.patch_t
         self.cond = ConditionEmbedder(cfg.in_channels, D, cfg.text_dim, D, cfg.pooled_dim,
                                       cfg.known_frames, cfg.frame_stride, cfg.low_res,
-                                      known_in_place=cfg.known_in_place, reference_tokens=cfg.reference_tokens)
+                                      known_in_place=cfg.known_in_place, **reference_options(cfg))
         self.x_embed = nn.Linear((cfg.in_channels + self.cond.extra_channels) * pt * p * p, D)
         self.slots = _slots("factorized" in cfg.modes, cfg.text_dim is not None)
         self.adaln = nn.Linear(D, len(self.slots) * 3 * D) if cfg.adaln == "single" else None

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from vidiff.models.pretrained import frozen_prefixes
+
 #################################################################################
 #                          Diffusion-time embeddings                            #
 #################################################################################
@@ -360,9 +362,11 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 def xavier_linears(module: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every ``nn.Linear`` inside ``module``, so the
-    residual stream neither explodes nor vanishes with depth."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
+    residual stream neither explodes nor vanishes with depth. A frozen pretrained model inside
+    it (a CLIP vision reference encoder) keeps its weights."""
+    frozen = frozen_prefixes(module)
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear) and not f"{name}.".startswith(frozen):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from vidiff.config import ConfigError
 from vidiff.conditioning import Conditioning
-from vidiff.models.condition import ConditionEmbedder
+from vidiff.models.condition import ConditionEmbedder, check_reference_fields, reference_options
 from vidiff.models.layers import (Attention, FeedForward, TimestepEmbedder, checkpoint_scoped,
                                  rotary_cos_sin, sinusoidal_embedding, xavier_linears, zero_module)
 
@@ -85,6 +85,9 @@ class UNetConfig:
     position_embedding: bool = False          # add a 2D sinusoidal pixel-position embedding at the input
     low_res: bool = False                     # super-resolution: upsampled low-res clip as input
     reference_tokens: int = 0                 # > 0: a reference image adds this many cross-attention tokens
+    reference_encoder: str = "builtin"        # which makes them: "builtin" (trained) or "clip" (frozen + projection)
+    reference_encoder_path: Optional[str] = None   # clip: a local CLIP vision model folder
+    reference_encoder_dtype: str = "float32"  # clip: its parameter dtype
     patch: int = 1                            # space-to-depth stem: compute at H/patch x W/patch
     conv3d: bool = False                      # full k x 3 x 3 convs instead of pseudo-3D
     temporal_kernel: int = 3
@@ -114,6 +117,7 @@ class UNetConfig:
         ):
             if not ok:
                 raise ConfigError(f"UNetConfig.{msg}")
+        check_reference_fields(self, "UNetConfig")
         bad = [c for c in self.channels if c % self.norm_groups]
         if bad:
             raise ConfigError(f"UNetConfig.channels: every width must be divisible by "
@@ -376,7 +380,7 @@ class UNet3D(nn.Module):
         context_dim = ch[-1]
         self.cond = ConditionEmbedder(cfg.in_channels, emb_dim, cfg.text_dim, context_dim,
                                       cfg.pooled_dim, cfg.known_frames, cfg.frame_stride, cfg.low_res,
-                                      known_in_place=cfg.known_in_place, reference_tokens=cfg.reference_tokens)
+                                      known_in_place=cfg.known_in_place, **reference_options(cfg))
         # A patch > 1 folds each patch x patch pixel block into channels (pixel_unshuffle), so
         # the whole network runs at a coarser grid: the cheapest way to give small clips the
         # "right resolution inside the network" without losing a pixel of the output.

@@ -95,12 +95,15 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], device=None, ema: bool = True,
-                        text_encoder_path: Optional[str] = None) -> "VideoPipeline":
+                        text_encoder_path: Optional[str] = None,
+                        reference_encoder_path: Optional[str] = None) -> "VideoPipeline":
         """Rebuild a pipeline from a checkpoint (or a run directory: its newest checkpoint).
 
-        ``text_encoder_path`` re-points a frozen CLIP/T5 encoder at a new local directory.
+        ``text_encoder_path`` re-points a frozen CLIP/T5 encoder at a new local directory,
+        ``reference_encoder_path`` a CLIP vision reference encoder.
         """
-        parts = load_denoiser(path, device=device, ema=ema, text_encoder_path=text_encoder_path)
+        parts = load_denoiser(path, device=device, ema=ema, text_encoder_path=text_encoder_path,
+                              reference_encoder_path=reference_encoder_path)
         run, vae = parts.run, parts.vae
         channels = vae.config.in_channels if vae is not None else parts.config["network"].get("in_channels", 3)
         pipe = cls(parts.network, run.diffusion.make_schedule(), run.diffusion.parameterization,
@@ -374,9 +377,12 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
 
 
 def load(model: Union[str, Path, None] = DEFAULT_MODEL, device=None, ema: bool = True,
-         text_encoder_path: Optional[str] = None) -> VideoPipeline:
+         text_encoder_path: Optional[str] = None, reference_encoder_path: Optional[str] = None) -> VideoPipeline:
     """``vidiff.load(NAME_OR_DIR)``: a :class:`VideoPipeline` from a shipped model's name
     (default ``"shapes"``; see :mod:`vidiff.pipelines.shipped`) or a checkpoint or run
-    directory. A path that exists wins over a name."""
+    directory. A path that exists wins over a name. ``text_encoder_path`` and
+    ``reference_encoder_path`` re-point a frozen CLIP/T5 text encoder and a CLIP vision
+    reference encoder that have moved."""
     return VideoPipeline.from_pretrained(resolve_model(model), device=device, ema=ema,
-                                         text_encoder_path=text_encoder_path)
+                                         text_encoder_path=text_encoder_path,
+                                         reference_encoder_path=reference_encoder_path)

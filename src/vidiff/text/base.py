@@ -27,11 +27,11 @@ from torch import Tensor, nn
 
 from vidiff.conditioning import Conditioning
 from vidiff.config import ConfigError, from_dict, to_dict
+from vidiff.models.pretrained import DTYPES
 
 FORMAT = "vidiff-text-encoder"
 FORMAT_VERSION = 1
 KINDS = ("builtin", "clip", "t5", "none")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass

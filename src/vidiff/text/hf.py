@@ -10,32 +10,26 @@ when a parent module calls ``.train()`` (T5 has dropout), and ``forward`` runs u
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from vidiff.text.base import DTYPES, TextEncoder, TextEncoderConfig, masked_mean
+# The loading rules that every frozen pretrained model follows (the CLIP vision reference
+# encoder too) live with the models; import_transformers is re-exported from here.
+from vidiff.models.pretrained import (
+    FrozenModel, check_dtype, has_projection, import_transformers, load_frozen, loading_errors,
+    read_model_directory,
+)
+from vidiff.text.base import TextEncoder, TextEncoderConfig, masked_mean
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def import_transformers():
-    """The ``transformers`` module, or an ImportError that says how to install it."""
-    try:  # transformers is optional (the "text" extra), so it is imported only when needed
-        import transformers
-    except ImportError as e:
-        raise ImportError('CLIP and T5 text encoders need the optional dependency transformers: '
-                          'pip install "vidiff[text]"') from e
-    return transformers
+__all__ = ["CLIPTextEncoder", "T5TextEncoder", "import_transformers"]
 
 
-class _FrozenEncoder(TextEncoder):
-    """Shared loading, tokenization and freezing for encoders from ``transformers``."""
+class _FrozenEncoder(TextEncoder, FrozenModel):
+    """Shared loading and tokenization for text encoders from ``transformers``; frozen and
+    kept in eval mode by :class:`~vidiff.models.pretrained.FrozenModel`."""
 
     trainable = False
     kind: str = ""
@@ -44,20 +38,14 @@ class _FrozenEncoder(TextEncoder):
 
     def __init__(self, path, max_length: Optional[int] = None, dtype: str = "float32"):
         super().__init__()
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+        check_dtype(dtype)
         path = Path(path).expanduser().resolve()
         model_config, tokenizer_dir = self._check_directory(path)
         transformers = import_transformers()
-        try:
+        with loading_errors(f"{self.kind.upper()} text encoder", path):
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
                 str(tokenizer_dir), local_files_only=True)
-            self.model = self._load_model(transformers, path, model_config, DTYPES[dtype])
-        except OSError as e:  # transformers' message names hub ids; ours names the folder
-            raise FileNotFoundError(f"could not load a {self.kind.upper()} text encoder from "
-                                    f"{str(path)!r}: {e}") from e
-        self.model.requires_grad_(False)
-        self.model.eval()
+            self.model = self._load_model(transformers, path, model_config, dtype)
         self.max_length = self._resolve_max_length(max_length)
         self.config = TextEncoderConfig(kind=self.kind, path=str(path),
                                         max_length=self.max_length, dtype=dtype)
@@ -65,42 +53,20 @@ class _FrozenEncoder(TextEncoder):
     # ------------------------------------------------------------------ loading
     def _check_directory(self, path: Path) -> tuple[dict, Path]:
         """The model's config.json and the tokenizer's folder, or one clear error."""
-        expected = (f"config.json, weights ({' or '.join(WEIGHT_FILES[::2])}) and tokenizer files "
-                    f"({' or '.join(' + '.join(s) for s in self.tokenizer_files)}), as written by "
-                    "save_pretrained")
-        if not path.is_dir():
-            raise FileNotFoundError(f"{self.kind.upper()} text encoder directory {str(path)!r} does "
-                                    f"not exist or is not a directory; expected a folder with {expected}")
         # a diffusers-style layout keeps the tokenizer next to the model: text_encoder/ + tokenizer/
         candidates = [path, path / "tokenizer", path.parent / "tokenizer"]
         tokenizer_dir = next((d for d in candidates for files in self.tokenizer_files
                               if all((d / f).is_file() for f in files)), None)
-        missing = [n for n in ("config.json",) if not (path / n).is_file()]
-        if not any((path / f).is_file() for f in WEIGHT_FILES):
-            missing.append("model weights")
-        if tokenizer_dir is None:
-            missing.append("tokenizer files")
-        if missing:
-            raise FileNotFoundError(f"{str(path)!r} is not a {self.kind.upper()} model directory: "
-                                    f"missing {', '.join(missing)}; expected {expected}")
-        config = json.loads((path / "config.json").read_text())
-        if config.get("model_type") not in self.model_types:
-            raise ValueError(f"{str(path)!r} holds a model of type {config.get('model_type')!r}, "
-                             f"not {' or '.join(map(repr, self.model_types))}: is text.kind right?")
+        needs = f"tokenizer files ({' or '.join(' + '.join(s) for s in self.tokenizer_files)})"
+        config = read_model_directory(path, f"{self.kind.upper()} text encoder", self.model_types, "text.kind",
+                                      needs=needs, lacking=["tokenizer files"] if tokenizer_dir is None else [])
         return config, tokenizer_dir
 
-    def _load_model(self, transformers, path: Path, config: dict, dtype: torch.dtype):
+    def _load_model(self, transformers, path: Path, config: dict, dtype: str):
         raise NotImplementedError
 
     def _resolve_max_length(self, max_length: Optional[int]) -> int:
         raise NotImplementedError
-
-    def train(self, mode: bool = True) -> "_FrozenEncoder":
-        # A trainer calls .train() on everything it holds; a frozen encoder must not switch
-        # on dropout, or its embeddings would differ between training and sampling.
-        super().train(mode)
-        self.model.eval()
-        return self
 
     # ------------------------------------------------------------------ encoding
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -131,9 +97,9 @@ class CLIPTextEncoder(_FrozenEncoder):
     tokenizer_files = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 
     def _load_model(self, transformers, path, config, dtype):
-        self.has_projection = _has_text_projection(path, config)
+        self.has_projection = has_projection(path, config, "CLIPTextModelWithProjection", "text_projection.weight")
         cls = transformers.CLIPTextModelWithProjection if self.has_projection else transformers.CLIPTextModel
-        model = cls.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        model = load_frozen(cls, path, dtype)
         self.dim = model.config.hidden_size
         self.pooled_dim = model.config.projection_dim if self.has_projection else self.dim
         return model
@@ -162,7 +128,7 @@ class T5TextEncoder(_FrozenEncoder):
 
     def _load_model(self, transformers, path, config, dtype):
         cls = transformers.MT5EncoderModel if config["model_type"] == "mt5" else transformers.T5EncoderModel
-        model = cls.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        model = load_frozen(cls, path, dtype)
         self.dim = self.pooled_dim = model.config.d_model
         return model
 
@@ -175,16 +141,3 @@ class T5TextEncoder(_FrozenEncoder):
         hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         return hidden, masked_mean(hidden.float(), mask)        # (B, L, dim), (B, dim)
 
-
-def _has_text_projection(path: Path, config: dict) -> bool:
-    """Whether a CLIP directory carries the text projection (full CLIP models always do)."""
-    if config.get("model_type") == "clip":
-        return True
-    architectures = config.get("architectures") or []
-    if architectures:
-        return "CLIPTextModelWithProjection" in architectures
-    file = path / "model.safetensors"
-    if file.is_file():
-        with safe_open(str(file), framework="pt") as f:
-            return "text_projection.weight" in f.keys()
-    return False

@@ -28,6 +28,7 @@ from vidiff.checkpoint import (
 )
 from vidiff.data import BucketPlan
 from vidiff.models.condition import ConditionEmbedder
+from vidiff.models.pretrained import frozen_prefixes
 from vidiff.data import collate as default_collate
 from vidiff.train.ema import EMA
 from vidiff.train.objective import SampleDraws
@@ -486,16 +487,16 @@ def _full(value: torch.Tensor) -> torch.Tensor:
 
 
 def _trainable_filter(module: nn.Module):
-    """``keep(key)``: True for parameters that train and for buffers of trainable submodules
-    (the parameter table is built once per save, not once per key)."""
+    """``keep(key)``: True for parameters that train and for buffers outside frozen pretrained
+    models (a CLIP/T5 text encoder, a CLIP vision reference encoder: they are recorded by their
+    folder, not stored); the tables are built once per save, not once per key."""
     trains = {name: p.requires_grad for name, p in module.named_parameters()}
-    encoder = getattr(module, "text_encoder", None)
-    frozen_encoder = encoder is not None and not getattr(encoder, "trainable", True)
+    frozen = frozen_prefixes(module)
 
     def keep(key: str) -> bool:
         if key in trains:
             return trains[key]
-        return not (frozen_encoder and key.startswith("text_encoder."))
+        return not key.startswith(frozen)
     return keep
 
 
