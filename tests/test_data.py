@@ -441,3 +441,60 @@ def test_bucket_plan_is_a_pure_function_of_the_step():
     assert plan.batch(per_epoch) != epoch[0] or plan.batch(per_epoch + 1) != epoch[1]
     with pytest.raises(DatasetError, match="batch_size"):
         BucketPlan(MovingShapes(frames=8, size=16, length=3, buckets=[[8, 16, 16], [4, 8, 8]]), batch_size=4)
+
+
+# ---------------------------------------------------------------------------------- stretch
+def test_stretch_windows_longer_clips_so_motion_slows_by_up_to_the_factor():
+    """A stretched MovingShapes clip is a window of a clip L frames long, L in [T, 1 + 4(T-1)]:
+    the shape moves 0.45 S / (L - 1) per frame, so speeds span the travel of T to 4(T-1)+1
+    frames, and ``start`` stays the centre of the window's frame 0."""
+    T, S, s = 9, 32, 4.0
+    plain, stretched = MovingShapes(frames=T, size=S, seed=5), MovingShapes(frames=T, size=S, seed=5, stretch=s)
+    assert torch.equal(plain[2]["video"], MovingShapes(frames=T, size=S, seed=5, stretch=1.0)[2]["video"])
+    speeds = []
+    for i in range(60):
+        item = stretched[i]
+        assert item["video"].shape == (3, T, S, S)
+        frames = to_uint8(item["video"])
+        # the clip is exactly a rendered clip of its measured length, from its recorded start
+        def window_of(L):  # frames offset.. of a clip of L frames whose frame `offset` is at start
+            dx, dy = MovingShapes.geometry(item["direction"], L, S)["step"]
+            for offset in range(L - T + 1):
+                x0, y0 = item["start"][0].item() - dx * offset, item["start"][1].item() - dy * offset
+                try:
+                    clip = MovingShapes.render(item["color"], item["shape"], item["direction"], L, S, (x0, y0))
+                except DatasetError:
+                    continue
+                if np.array_equal(frames, clip[offset:offset + T]):
+                    return True
+            return False
+        lengths = [L for L in range(T, 2 + int(s * (T - 1))) if window_of(L)]
+        assert lengths, f"item {i} is no window of a longer clip from its start"
+        speeds.append(0.45 * S / (lengths[0] - 1))
+    assert max(speeds) == pytest.approx(0.45 * S / (T - 1))            # L = T is drawn ...
+    assert min(speeds) < 0.45 * S / (3 * (T - 1))                      # ... and down to ~4x slower
+    assert min(speeds) >= 0.45 * S / (s * (T - 1)) - 1e-9
+    assert torch.equal(stretched[7]["video"], MovingShapes(frames=T, size=S, seed=5, stretch=s)[7]["video"])
+
+
+def test_stretch_cuts_per_frame_metadata_with_the_frames():
+    digits = MovingDigits(frames=6, size=32, seed=1, stretch=3.0)
+    side = round(0.4 * 32)
+    for i in range(6):
+        item = digits[i]
+        assert item["positions"].shape == (len(item["digits"]), 6, 2)
+        if len(item["digits"]) == 1:  # the glyph's box starts where its position says, every frame
+            video = (item["video"][0] + 1).numpy()
+            for t, (x, y) in enumerate(np.rint(item["positions"][0].numpy()).astype(int)):
+                assert video[t, y:y + side, x:x + side].sum() == pytest.approx(video[t].sum())
+    pan = PhotoPan(frames=5, size=16, seed=0, stretch=2.0)
+    assert pan[0]["boxes"].shape == (5, 4)
+
+
+def test_stretch_bad_values_are_refused():
+    with pytest.raises(DatasetError, match="stretch must be >= 1"):
+        MovingShapes(frames=4, stretch=0.5)
+    with pytest.raises(ConfigError, match=r"data.stretch must be >= 1.*0.5"):
+        DataConfig(stretch=0.5)
+    with pytest.raises(ConfigError, match="data.stretch applies only to"):
+        build_dataset({"name": ".", "stretch": 2.0})

@@ -222,3 +222,59 @@ def test_a_latent_model_trains_on_the_task_mix_and_forecasts(vae_dir, tmp_path):
     assert out.frames.shape == (5, 16, 16, 3) and np.array_equal(out.frames[0], video.frames[-1])
     with pytest.raises(ValueError, match="one window"):
         pipe.predict(video, context=1, num_frames=9, steps=2)
+
+
+def test_latent_model_refuses_frame_counts_and_a_mismatched_autoencoder(vae_dir, tmp_path, capsys):
+    from vidiff.checkpoint import CheckpointError
+    import shutil
+
+    run = load_run_config(None, [f"train.out_dir={tmp_path / 'lat'}", f"model.vae={vae_dir}"], base=LATENT_RUN)
+    build_trainer(run, progress=False).fit()
+    # 6 frames: the autoencoder codes 1 + 4k; the message names the nearest counts, no file is written
+    out = tmp_path / "o.mp4"
+    assert main(["generate", "--model", str(tmp_path / "lat"), "--frames", "6", "--steps", "1",
+                 "--out", str(out)]) == 2
+    assert "nearest are 5 and 9" in capsys.readouterr().err and not out.exists()
+    # an autoencoder of 8 latent channels in place of the 4-channel one it was trained on
+    other = load_run_config(None, [f"train.out_dir={tmp_path / 'vae8'}", "model.overrides.latent_channels=8",
+                                   "train.steps=1", "train.checkpoint_every=1"], base=VAE_RUN)
+    train(other, progress=False)
+    checkpoint = resolve_checkpoint(tmp_path / "lat")
+    shutil.rmtree(checkpoint / "vae")
+    shutil.copytree(resolve_checkpoint(tmp_path / "vae8"), checkpoint / "vae")
+    with pytest.raises(CheckpointError, match="takes latents of 4 channels but the autoencoder .* codes 8"):
+        vidiff.load(tmp_path / "lat")
+
+
+def test_a_latent_cache_of_another_clip_length_is_refused(vae_dir, tmp_path):
+    from vidiff.config import ConfigError
+
+    cache = tmp_path / "cache"
+    assert main(["cache-latents", "shapes", "--vae", str(vae_dir), "--out", str(cache), "length=4"]) == 0
+    with pytest.raises(ConfigError, match=r"data.frames=9 but the latent cache .* holds clips of frames 5: "
+                                          r"set data.frames=5"):
+        build_dataset({"name": str(cache), "frames": 9, "size": 16})
+    assert len(build_dataset({"name": str(cache), "frames": 5, "size": 16})) == 4
+
+
+def test_reconstruction_benchmark_reports_each_length_at_tiny_size(tmp_path):
+    """benchmarks/vae_quality.py end to end at tiny size: a stretched training run, then the
+    per-frame PSNR profile of held-out clips at two lengths, the plot and the headline."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "vae_quality.py"
+    result = subprocess.run([sys.executable, str(script), "--datasets", "shapes", "--size", "vae-tiny",
+                             "--minutes", "0.3", "--max-steps", "4", "--frames", "5", "--stretch", "2",
+                             "--frame-size", "16", "--eval-frames", "5,9", "--clips", "2", "--batch-size", "2",
+                             "--out", str(tmp_path / "runs"), "--plot", str(tmp_path / "profile.png"), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    profiles = {int(line.split()[3]): line.split(":")[1].split() for line in lines
+                if line.startswith("per-frame PSNR, shapes")}
+    assert {k: len(v) for k, v in profiles.items()} == {5: 5, 9: 9}
+    assert lines[-1].startswith("headline: PSNR shapes") and (tmp_path / "profile.png").stat().st_size > 0
+    config = json.loads((resolve_checkpoint(tmp_path / "runs" / "shapes") / "config.json").read_text())
+    assert config["run"]["data"]["stretch"] == 2.0

@@ -88,13 +88,24 @@ class SyntheticDataset(Dataset):
     """Base of the procedurally generated datasets: infinite or ``length`` items, optional buckets.
 
     Subclasses implement ``_make(rng, frames, height, width) -> dict`` (at least ``frames``
-    as ``uint8 (T, H, W, 3)`` and ``caption``) and ``captions()``.
+    as ``uint8 (T, H, W, 3)`` and ``caption``) and ``captions()``, and name in ``frame_axes``
+    the per-frame tensors of an item with the axis that counts frames.
+
+    ``stretch`` (>= 1) makes each clip a random window of ``T`` consecutive frames out of one
+    drawn ``L`` frames long, ``L`` uniform in ``[T, 1 + floor(stretch * (T - 1))]``. A motion
+    that spans the whole clip (MovingShapes' travel, PhotoPan's pan or zoom) then moves up to
+    ``stretch`` times slower per frame: the speeds of clips ``stretch`` times longer. A causal
+    video autoencoder trained on one clip length otherwise learns that length's speed as a
+    prior and fails on longer clips, which move slower (docs/benchmarks.md, "Reconstruction
+    quality"). ``L`` and the window come from their own stream of the item's generator.
     """
 
     min_frames = 1
+    frame_axes: dict[str, int] = {}
 
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0,
-                 length: Optional[int] = None, buckets=None, fps: float = DEFAULT_FPS):
+                 length: Optional[int] = None, buckets=None, fps: float = DEFAULT_FPS,
+                 stretch: float = 1.0):
         if frames < self.min_frames:
             raise DatasetError(f"{type(self).__name__} needs frames >= {self.min_frames}, got {frames}")
         if size < 4:
@@ -105,8 +116,10 @@ class SyntheticDataset(Dataset):
             raise DatasetError(f"length must be >= 1 (or None for infinite), got {length}")
         if fps <= 0:
             raise DatasetError(f"fps must be > 0, got {fps}")
+        if not stretch >= 1:
+            raise DatasetError(f"stretch must be >= 1 (1: no stretching), got {stretch}")
         self.frames, self.size, self.seed, self.length = int(frames), int(size), int(seed), length
-        self.fps = float(fps)
+        self.fps, self.stretch = float(fps), float(stretch)
         self.buckets = check_buckets(buckets)
         for b in self.buckets:
             if b[0] < self.min_frames or min(b[1:]) < 4:
@@ -138,13 +151,27 @@ class SyntheticDataset(Dataset):
     def __getitem__(self, index) -> dict:
         index = self._check_index(index)
         T, H, W = self.item_shape(index)
-        item = self._make(item_rng(self.seed, index), T, H, W)
+        if self.stretch > 1 and T > 1:
+            draw = item_rng(self.seed, index, stream=2)
+            L = int(draw.integers(T, 2 + int(self.stretch * (T - 1))))      # T .. 1 + floor(s(T-1))
+            offset = int(draw.integers(0, L - T + 1))
+            item = self._window(self._make(item_rng(self.seed, index), L, H, W), offset, T)
+        else:
+            item = self._make(item_rng(self.seed, index), T, H, W)
         frames = item.pop("frames")
         return {"video": Video(frames, self.fps).to_tensor(), "caption": item.pop("caption"),
                 "frame_stride": 1.0, "index": index, **item}
 
     def _make(self, rng: np.random.Generator, frames: int, height: int, width: int) -> dict:
         raise NotImplementedError
+
+    def _window(self, item: dict, offset: int, frames: int) -> dict:
+        """Frames ``offset .. offset + frames - 1`` of a made item: its ``frames`` and every
+        per-frame tensor named in ``frame_axes`` cut along their frame axis."""
+        out = dict(item, frames=item["frames"][offset:offset + frames])
+        for key, axis in self.frame_axes.items():
+            out[key] = item[key].narrow(axis, offset, frames)
+        return out
 
     def captions(self) -> list[str]:
         raise NotImplementedError

@@ -30,6 +30,7 @@ _SPECIFIC = {
     "stride": ("folder",),
     "captions": ("folder",),
     "crop": ("folder",),
+    "stretch": BUILTIN,
 }
 
 
@@ -57,6 +58,9 @@ class DataConfig:
         captions: folder: caption file, ``None`` to look for ``captions.jsonl``/``.csv``,
             ``"none"`` for empty captions.
         crop: folder: ``center`` or ``random``.
+        stretch: synthetic: each clip a random window of ``frames`` out of one drawn up to
+            ``stretch`` times longer, so whole-clip motions move up to that much slower: the
+            speeds of longer clips (what a causal autoencoder needs to hold at every length).
     """
 
     name: str = "shapes"
@@ -73,6 +77,7 @@ class DataConfig:
     stride: int = 1
     captions: Optional[str] = None
     crop: str = "center"
+    stretch: float = 1.0
 
     def __post_init__(self):
         checks = [
@@ -86,6 +91,7 @@ class DataConfig:
             (1 <= self.max_digits <= 4, f"data.max_digits must be between 1 and 4, got {self.max_digits}"),
             (self.stride >= 1, f"data.stride must be >= 1, got {self.stride}"),
             (self.crop in ("center", "random"), f"data.crop: {self.crop!r} is not one of ['center', 'random']"),
+            (self.stretch >= 1, f"data.stretch must be >= 1 (1: no stretching), got {self.stretch}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -163,14 +169,14 @@ def build_dataset(config: Union[DataConfig, dict, str]):
             return cache
     common = dict(frames=config.frames, size=config.size, seed=config.seed, length=config.length,
                   buckets=config.buckets)
-    synthetic_fps = config.fps if config.fps is not None else DEFAULT_FPS
+    synthetic = dict(fps=config.fps if config.fps is not None else DEFAULT_FPS, stretch=config.stretch)
     try:
         if kind == "shapes":
-            return MovingShapes(**common, held_out=config.held_out, fps=synthetic_fps)
+            return MovingShapes(**common, held_out=config.held_out, **synthetic)
         if kind == "digits":
-            return MovingDigits(**common, max_digits=config.max_digits, fps=synthetic_fps)
+            return MovingDigits(**common, max_digits=config.max_digits, **synthetic)
         if kind == "photopan":
-            return PhotoPan(**common, photos=config.photos, fps=synthetic_fps)
+            return PhotoPan(**common, photos=config.photos, **synthetic)
         return VideoFolder(config.name, **common, stride=config.stride, fps=config.fps,
                            captions=config.captions, crop=config.crop)
     except DatasetError as e:

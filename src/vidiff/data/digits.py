@@ -48,7 +48,7 @@ class MovingDigits(SyntheticDataset):
     """One to ``max_digits`` handwritten digits bouncing around a black frame.
 
     Args:
-        frames, size, seed, length, buckets, fps: as for every synthetic dataset.
+        frames, size, seed, length, buckets, fps, stretch: as for every synthetic dataset.
         max_digits: each clip holds 1 to ``max_digits`` digits (uniformly), at most 4.
 
     Items carry ``digits`` (labels, drawing order) and ``positions``: float tensor
@@ -56,9 +56,12 @@ class MovingDigits(SyntheticDataset):
     pixels before rounding (glyphs are pasted at the rounded position).
     """
 
+    frame_axes = {"positions": 1}   # (n, T, 2)
+
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0, length: Optional[int] = None,
-                 max_digits: int = 2, buckets=None, fps: float = DEFAULT_FPS):
-        super().__init__(frames, size, seed, length, buckets, fps)
+                 max_digits: int = 2, buckets=None, fps: float = DEFAULT_FPS,
+                 stretch: float = 1.0):
+        super().__init__(frames, size, seed, length, buckets, fps, stretch)
         if not 1 <= max_digits <= 4:
             raise DatasetError(f"max_digits must be between 1 and 4, got {max_digits}")
         self.max_digits = int(max_digits)

@@ -127,7 +127,7 @@ class PhotoPan(SyntheticDataset):
     """A camera panning (left/right/up/down) or zooming (in/out) over a photograph.
 
     Args:
-        frames, size, seed, length, buckets, fps: as for every synthetic dataset.
+        frames, size, seed, length, buckets, fps, stretch: as for every synthetic dataset.
         photos: names from :data:`PHOTOS` to use (default: every one available offline).
 
     Items carry ``photo``, ``motion`` (one of :data:`MOTIONS`) and ``boxes``: float tensor
@@ -135,9 +135,12 @@ class PhotoPan(SyntheticDataset):
     photo's pixels.
     """
 
+    frame_axes = {"boxes": 0}       # (T, 4)
+
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0, length: Optional[int] = None,
-                 photos: Sequence[str] = (), buckets=None, fps: float = DEFAULT_FPS):
-        super().__init__(frames, size, seed, length, buckets, fps)
+                 photos: Sequence[str] = (), buckets=None, fps: float = DEFAULT_FPS,
+                 stretch: float = 1.0):
+        super().__init__(frames, size, seed, length, buckets, fps, stretch)
         available = available_photos()
         if not available:
             raise DatasetError("PhotoPan: none of the scikit-image photographs loads in this "

@@ -173,6 +173,8 @@ class MovingShapes(SyntheticDataset):
             draws uniformly among the remaining triples.
         buckets: optional ``[(frames, height, width), ...]``; each item draws one.
         fps: the frame rate recorded with the clips (for playback only).
+        stretch: each clip a window of one up to ``stretch`` times longer, so the shape moves
+            up to that much slower (see :class:`~vidiff.data.common.SyntheticDataset`).
 
     Items carry ``color``, ``shape``, ``direction`` and ``start`` (the centre ``(x, y)`` at
     frame 0, a float tensor) besides the common keys.
@@ -182,8 +184,9 @@ class MovingShapes(SyntheticDataset):
     COLORS, SHAPES, DIRECTIONS = COLORS, SHAPES, DIRECTIONS
 
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0, length: Optional[int] = None,
-                 held_out: Iterable[Sequence[str]] = (), buckets=None, fps: float = DEFAULT_FPS):
-        super().__init__(frames, size, seed, length, buckets, fps)
+                 held_out: Iterable[Sequence[str]] = (), buckets=None, fps: float = DEFAULT_FPS,
+                 stretch: float = 1.0):
+        super().__init__(frames, size, seed, length, buckets, fps, stretch)
         self.held_out = []
         for k, triple in enumerate(held_out or ()):
             triple = check_triple(triple, where=f"held_out[{k}]")
@@ -205,6 +208,13 @@ class MovingShapes(SyntheticDataset):
         return {"frames": clip, "caption": caption(color, shape, direction), "color": color,
                 "shape": shape, "direction": direction,
                 "start": torch.tensor(start, dtype=torch.float32)}
+
+    def _window(self, item: dict, offset: int, frames: int) -> dict:
+        """A window of a longer clip (see ``stretch``): ``start`` moves to the window's frame 0."""
+        T, H, W = item["frames"].shape[:3]
+        dx, dy = geometry(item["direction"], T, (H, W))["step"]
+        start = item["start"] + torch.tensor([dx * offset, dy * offset], dtype=torch.float32)
+        return dict(super()._window(item, offset, frames), start=start)
 
     def captions(self) -> list[str]:
         """Captions of every triple this dataset draws (the held-out ones excluded)."""

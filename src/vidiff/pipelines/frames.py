@@ -137,6 +137,8 @@ class FrameTasks:
         overlap = max(1, window // 4) if overlap is None else int(overlap)
         if not 0 < overlap < window:
             raise ValueError(f"overlap must be between 1 and {window - 1} frames (the window is {window}), got {overlap}")
+        if self.vae is not None:
+            self.vae.latent_shape(T, H, W)        # a count off the 1 + tf*k grid: the nearest ones named
         if self.vae is not None and T > window:
             raise ValueError(f"a latent model fills at most one window ({window} frames) at a time; got {T}")
         self.clip_shape(min(T, window), H, W)                       # refuse sizes the network cannot take
