@@ -220,8 +220,27 @@ def test_a_latent_model_trains_on_the_task_mix_and_forecasts(vae_dir, tmp_path):
     video = vidiff.Video(np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
     out = pipe.predict(video, context=1, num_frames=5, steps=2)
     assert out.frames.shape == (5, 16, 16, 3) and np.array_equal(out.frames[0], video.frames[-1])
-    with pytest.raises(ValueError, match="one window"):
-        pipe.predict(video, context=1, num_frames=9, steps=2)
+    # Longer than the 5-frame window: windows of whole latent groups, each encoded and decoded
+    # on its own, so neither the denoiser nor the decoder ever sees more than one window.
+    seen, decoded = [], []
+    forward, decode = pipe.network.forward, pipe.vae.decode_to_uint8
+    pipe.network.forward = lambda x, *a, **k: (seen.append(x.shape[2]), forward(x, *a, **k))[1]
+    pipe.vae.decode_to_uint8 = lambda z, *a, **k: (decoded.append(z.shape[-3]), decode(z, *a, **k))[1]
+    long = pipe.predict(video, context=1, num_frames=14, steps=2)
+    assert long.frames.shape == (14, 16, 16, 3) and np.array_equal(long.frames[0], video.frames[-1])
+    assert seen and max(seen) == 2 and decoded and max(decoded) == 2        # 5 frames = 2 latent frames
+    # a prompt schedule on the latent grid: windows stay 1 + 4k frames, the switch lands on a group
+    windows = []
+    known, mask = torch.zeros(3, 13, 16, 16), torch.zeros(1, 13, 16, 16)
+    pipe.fill(known, mask, "a red circle moving right", steps=1,
+              prompt_schedule=[(0, "a red circle moving right"), (7, "a blue square moving up")],
+              callback=lambda info: windows.append(info) if "window" in info else None)
+    spans = [w["frames"] for w in windows]
+    assert all((end - start - 1) % 4 == 0 and end - start <= 5 for start, end in spans)
+    assert spans[0] == (0, 5) and spans[-1][1] == 13
+    assert [w["prompt"] for w in windows][-1] == "a blue square moving up"
+    with pytest.raises(ValueError, match=r"whole latent groups, 1 \+ 4k frames .*got 2"):
+        pipe.predict(video, context=1, num_frames=14, steps=2, overlap=2)
 
 
 def test_latent_model_refuses_frame_counts_and_a_mismatched_autoencoder(vae_dir, tmp_path, capsys):

@@ -13,6 +13,15 @@ sees more than ``W`` frames, time grows linearly with length and memory stays fl
 prompt schedule a window never straddles a prompt change: the frame where a prompt starts
 begins a window. The hierarchical scheme generates every ``stride``-th frame first (a clip at
 a lower frame rate, for a model conditioned on frame stride), then fills between them.
+
+A latent model works in whole latent groups: its windows are ``1 + tf k`` frames and overlap
+by ``1 + tf m`` frames, so the known frames a window starts with code to whole known latents
+(:func:`~vidiff.diffusion.masks.latent_mask`), and a prompt change starts the first window
+whose first unknown frame is at or after it (up to ``tf - 1`` frames late). Each window is
+encoded and decoded on its own: the decoder never sees more than one window either. Its
+overlap frames are encoded again from the pixels the window before decoded, rather than
+continuing the latent stream with the decoder's causal cache, because a latent denoiser
+trained on whole clips takes its first latent to code one frame, not a group of ``tf``.
 """
 from __future__ import annotations
 
@@ -134,19 +143,24 @@ class FrameTasks:
             raise ValueError(f"known noise must be in [0, 1), got {known_noise!r}")
         schedule = list(prompt_schedule or [])
         window = self.frames if window is None else min(int(window), self.frames)
-        overlap = max(1, window // 4) if overlap is None else int(overlap)
+        group = self.vae.temporal_factor if self.vae is not None else 1
+        if T <= window and group > 1:
+            self.vae.latent_shape(T, H, W)        # one window: a count off the 1 + tf*k grid names the nearest
+        window = 1 + group * ((window - 1) // group)
+        if overlap is None:   # a quarter window (whole latent groups for a latent model)
+            overlap = 1 + group * round((max(1, window // 4) - 1) / group)
+        overlap = int(overlap)
         if not 0 < overlap < window:
             raise ValueError(f"overlap must be between 1 and {window - 1} frames (the window is {window}), got {overlap}")
-        if self.vae is not None:
-            self.vae.latent_shape(T, H, W)        # a count off the 1 + tf*k grid: the nearest ones named
-        if self.vae is not None and T > window:
-            raise ValueError(f"a latent model fills at most one window ({window} frames) at a time; got {T}")
-        self.clip_shape(min(T, window), H, W)                       # refuse sizes the network cannot take
+        if (overlap - 1) % group:
+            raise ValueError(f"a latent model's windows overlap by whole latent groups, 1 + {group}k frames "
+                             f"(1, {1 + group}, {1 + 2 * group}, ...); got {overlap}")
+        self.clip_shape(min(T, window), H, W)                        # refuse sizes the network cannot take
         known = known.float().unsqueeze(0).expand(samples, -1, -1, -1, -1).clone()   # (S, C, T, H, W)
         have = mask.float().unsqueeze(0).expand(samples, -1, -1, -1, -1).clone()     # (S, 1, T, H, W)
         raw, covered = torch.zeros_like(known), torch.zeros(T, dtype=torch.bool)
         changes = [f for f, _ in schedule if f > 0]
-        for j, (start, end) in enumerate(self._windows(have[0], window, overlap, changes)):
+        for j, (start, end) in enumerate(self._windows(have[0], window, overlap, changes, group)):
             text = prompt_at(schedule, int(torch.nonzero(~_frame_known(have[0, :, start:end]))[0]) + start, prompt)
             part = self._fill_window(known[:, :, start:end], have[:, :, start:end], text,
                                      [seed + k + j * WINDOW_SEED_STEP for k in range(samples)],
@@ -164,9 +178,10 @@ class FrameTasks:
             have[:, :, start:end] = 1.0
         return known.clamp(-1, 1), raw
 
-    def _windows(self, mask: Tensor, window: int, overlap: int, changes: Sequence[int]):
+    def _windows(self, mask: Tensor, window: int, overlap: int, changes: Sequence[int], group: int = 1):
         """Yield ``(start, end)`` frame ranges until every frame is known; ``mask (1, T, H, W)``
-        is updated by the caller between yields."""
+        is updated by the caller between yields. With ``group > 1`` (a latent model) every
+        range is ``1 + group k`` frames long."""
         T = mask.shape[1]
         while True:
             unknown = torch.nonzero(~_frame_known(mask))
@@ -176,6 +191,14 @@ class FrameTasks:
             start = first if first in changes else max(0, min(first - overlap, T - window))
             end = min(start + window, T)
             end = min([end] + [c for c in changes if first < c < end])      # stop before a prompt change
+            if (end - start - 1) % group:   # a latent model: whole groups, shorter if that leaves
+                short = start + 1 + group * ((end - start - 1) // group)   # frames to make, else longer
+                if short > first:
+                    end = short
+                else:
+                    length = 1 + group * -(-(end - start - 1) // group)
+                    end = min(start + length, T)
+                    start = end - length
             yield start, end
 
     def _fill_window(self, known: Tensor, mask: Tensor, prompt: Optional[str], seeds: list[int], *,
