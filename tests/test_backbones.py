@@ -167,6 +167,13 @@ def test_bad_inputs_rejected_with_clear_messages(b):
     S = b.size
     with pytest.raises(ValueError, match="known_frames=false"):
         model(b.clip(), t, Conditioning(known=b.clip(), mask=torch.ones(2, 1, 4, S, S)))
+    # size_multiple is the rule check_shape holds: multiples pass, anything between is refused
+    m = model.size_multiple
+    assert m >= 2
+    model.check_shape((1, 3, 1, m, 3 * m))
+    for side in range(m + 1, 2 * m):
+        with pytest.raises(ValueError, match=f"divisible by (patch=)?{m}"):
+            model.check_shape((1, 3, 1, side, m))
 
 
 @pytest.mark.parametrize("b", one_per_backbone())

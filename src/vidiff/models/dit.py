@@ -340,6 +340,11 @@ class VideoDiT(nn.Module):
         T, H, W = self.token_grid(x_shape)
         return [(x_shape[0], T * H * W, self.config.hidden)] * self.config.depth
 
+    @property
+    def size_multiple(self) -> int:
+        """Frame height and width must be multiples of this: the patch side."""
+        return self.config.patch
+
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """Raise a ValueError naming the size unless the network takes inputs ``(B, C, T, H, W)``
         of ``shape`` (so a pipeline can refuse a size before any sampling work)."""

@@ -469,11 +469,17 @@ class UNet3D(nn.Module):
         return shapes + [(B, self.skip_channels[-1], T, H >> level, W >> level)]
 
     # ------------------------------------------------------------------ forward
+    @property
+    def size_multiple(self) -> int:
+        """Frame height and width must be multiples of this: the patch times one halving per
+        level after the first."""
+        return self.config.patch * 2 ** (self.config.levels - 1)
+
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """Raise a ValueError naming the size unless the network takes inputs ``(B, C, T, H, W)``
         of ``shape`` (so a pipeline can refuse a size before any sampling work)."""
         cfg = self.config
-        factor = cfg.patch * 2 ** (cfg.levels - 1)
+        factor = self.size_multiple
         if len(shape) != 5 or shape[1] != cfg.in_channels or shape[3] % factor or shape[4] % factor:
             raise ValueError(f"UNet3D expects x of shape (B, C={cfg.in_channels}, T, H, W) with H "
                              f"and W divisible by {factor} (patch {cfg.patch}, {cfg.levels - 1} "

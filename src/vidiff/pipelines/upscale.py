@@ -87,9 +87,8 @@ class UpscaleTasks:
         _, T, h, w = low.shape
         H, W = h * factor, w * factor
         most = (self.height // factor, self.width // factor)
-        cfg = self.network.config
         # Tiles start on whole low-resolution pixels and on the network's coarsest grid.
-        patch = math.lcm(factor, getattr(cfg, "patch", 1) * 2 ** (getattr(cfg, "levels", 1) - 1))
+        patch = math.lcm(factor, getattr(self.network, "size_multiple", 1))
         if tile is None:
             if h > most[0] or w > most[1]:
                 raise ValueError(f"a {w}x{h} video is larger than {self.source or 'this stage'} takes in one "
