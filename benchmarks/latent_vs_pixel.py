@@ -144,6 +144,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2, help="timed training steps (median)")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--no-time", action="store_true", help="FLOPs only")
+    p.add_argument("--time-sizes", help="time only these sizes (default: all of --sizes); the rest get FLOPs")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -155,24 +156,26 @@ def main() -> None:
     print(f"{'size':>5} {'mode':>7} {'shape':>16} {'train GFLOP':>12} {'sample-step GFLOP':>18} "
           f"{'enc/dec GFLOP':>14} {'train s':>8} {'train MiB':>10} {'clip s':>8}")
     ratios = {}
+    timed_sizes = args.sizes if args.time_sizes is None else args.time_sizes
+    timed_sizes = set() if args.no_time else {int(s) for s in timed_sizes.split(",")}
     for size in (int(s) for s in args.sizes.split(",")):
-        rows = {}
+        rows, timed = {}, size in timed_sizes
         for mode in ("pixel", "latent"):
             row = flops(args, size, mode)
-            if not args.no_time:
+            if timed:
                 row.update(measure(args, size, mode))
             rows[mode] = row
             shape = "x".join(map(str, parts(args, size, mode, "meta")[2]))
             coder = f"{row['encode_gflop']:.1f}/{row['decode_gflop']:.1f}" if mode == "latent" else "-"
-            timed = (f"{row['train_s']:>8.2f} {row['train_mib']:>10.0f} {row['sample_s']:>8.1f}"
-                     if not args.no_time else f"{'-':>8} {'-':>10} {'-':>8}")
+            times = (f"{row['train_s']:>8.2f} {row['train_mib']:>10.0f} {row['sample_s']:>8.1f}"
+                     if timed else f"{'-':>8} {'-':>10} {'-':>8}")
             print(f"{size:>5} {mode:>7} {shape:>16} {row['train_gflop']:>12.1f} {row['sample_step_gflop']:>18.1f} "
-                  f"{coder:>14} {timed}", flush=True)
+                  f"{coder:>14} {times}", flush=True)
         pixel, latent = rows["pixel"], rows["latent"]
         ratios[size] = pixel["train_gflop"] / latent["train_gflop"]
         on_the_fly = pixel["train_gflop"] / (latent["train_gflop"] + latent["encode_gflop"])
         print(f"{size}x{size}: training FLOPs / {ratios[size]:.0f} with cached latents, / {on_the_fly:.0f} "
-              f"encoding on the fly" + ("" if args.no_time else
+              f"encoding on the fly" + ("" if not timed else
                                         f"; step time / {pixel['train_s'] / latent['train_s']:.1f}, "
                                         f"clip time / {pixel['sample_s'] / latent['sample_s']:.1f}, "
                                         f"training memory / {pixel['train_mib'] / max(latent['train_mib'], 1):.1f}"))
