@@ -64,7 +64,8 @@ def test_animate_puts_the_image_at_its_frame(pipe):
     assert out.num_frames == 6 and np.array_equal(out.frames[2], image.frames[0])
     _, raw = pipe.fill(*_animate_pair(image, 6, 2), **FAST)
     assert torch.allclose(raw[0, :, 2], image.to_tensor()[:, 0], atol=1e-6)   # the raw output honours it
-    assert torch.allclose(raw[0, :, 3], torch.full((3, H, W), FILL))
+    # elsewhere the network's own output, on the 8-bit grid the clip is held on (half a level away)
+    assert torch.allclose(raw[0, :, 3], torch.full((3, H, W), FILL), atol=0.5 / 127.5 + 1e-6)
 
 
 def _animate_pair(image, frames, index):

@@ -49,6 +49,18 @@ def _to_av_frame(rgb: np.ndarray) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(rgb, format="rgb24")
 
 
+def to_levels(x: torch.Tensor) -> torch.Tensor:
+    """Float pixels in ``[-1, 1]`` (any shape) as uint8 levels: clamped, then rounded to the
+    nearest of 256 levels, ``round((x + 1) * 127.5)``. The inverse of :func:`from_levels` on
+    its values."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_levels(x: torch.Tensor) -> torch.Tensor:
+    """uint8 levels (any shape) as float32 pixels in ``[-1, 1]``: ``level / 127.5 - 1``."""
+    return x.float() / 127.5 - 1.0
+
+
 @dataclass(eq=False, repr=False)
 class Video:
     """A clip of RGB frames.
@@ -88,7 +100,7 @@ class Video:
     # ------------------------------------------------------------------ tensors
     def to_tensor(self) -> torch.Tensor:
         """The library layout: float32 ``(3, T, H, W)`` in ``[-1, 1]``, ``pixel / 127.5 - 1``."""
-        return torch.from_numpy(self.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+        return from_levels(torch.from_numpy(self.frames).permute(3, 0, 1, 2))
 
     @classmethod
     def from_tensor(cls, x: torch.Tensor, fps: float = DEFAULT_FPS) -> "Video":
@@ -104,7 +116,7 @@ class Video:
         x = x.detach().float().cpu()
         if torch.isnan(x).any():
             raise ValueError("Video.from_tensor got a tensor containing NaN")
-        pixels = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        pixels = to_levels(x)
         return cls(pixels.permute(1, 2, 3, 0).contiguous().numpy(), fps)
 
     @staticmethod

@@ -25,6 +25,7 @@ trained on whole clips takes its first latent to code one frame, not a group of 
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -34,7 +35,7 @@ from torch import Tensor
 from vidiff.conditioning import Conditioning
 from vidiff.diffusion import DEFAULT_GUIDANCE_WEIGHT
 from vidiff.diffusion.masks import border_mask, box_mask, frames_mask, latent_mask
-from vidiff.video import Video
+from vidiff.video import Video, from_levels, to_levels
 
 Clip = Union[Video, np.ndarray, Tensor]
 SCHEMES = ("autoregressive", "hierarchical")
@@ -107,7 +108,8 @@ class FrameTasks:
              window: Optional[int] = None, overlap: Optional[int] = None,
              frame_stride: Optional[float] = None, progress: bool = False,
              callback=None) -> tuple[Tensor, Tensor]:
-        """Generate the unknown part of ``known (C, T, H, W)`` where ``mask (1, T, H, W)`` is 0.
+        """Generate the unknown part of ``known (C, T, H, W)`` (float in ``[-1, 1]``, or uint8
+        levels) where ``mask (1, T, H, W)`` is below 0.5 (float or bool).
 
         Args:
             prompt: the text (None: the null text, no text guidance).
@@ -124,9 +126,30 @@ class FrameTasks:
             frame_stride: source frames per clip frame, for a model conditioned on it.
 
         Returns:
-            ``(video, raw)``, each ``(samples, C, T, H, W)`` in ``[-1, 1]``: ``video`` has the
-            known pixels pasted back; ``raw`` is the model's own output everywhere.
+            ``(video, raw)``, each ``(samples, C, T, H, W)`` in ``[-1, 1]`` on the 8-bit grid
+            (between windows the clip is held as uint8 levels, so memory grows by a few bytes
+            a pixel of length): ``video`` has the known pixels pasted back; ``raw`` is the
+            model's own output everywhere.
         """
+        video, raw = self._fill(known, mask, prompt, samples=samples, seed=seed, steps=steps, sampler=sampler,
+                                guidance=guidance, negative_prompt=negative_prompt, method=method,
+                                guidance_weight=guidance_weight, known_noise=known_noise,
+                                prompt_schedule=prompt_schedule, window=window, overlap=overlap,
+                                frame_stride=frame_stride, progress=progress, callback=callback)
+        return from_levels(video), from_levels(raw)
+
+    @torch.no_grad()
+    def _fill(self, known: Tensor, mask: Tensor, prompt: Optional[str], *, samples: int, seed: int,
+              steps: Optional[int], sampler: Optional[str], guidance: Optional[float],
+              negative_prompt: Optional[str], method: Optional[str], guidance_weight: float,
+              known_noise: float, prompt_schedule, window: Optional[int], overlap: Optional[int],
+              frame_stride: Optional[float], progress: bool, callback, keep_raw: bool = True,
+              own: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        """:meth:`fill` on 8-bit levels: ``(video, raw)`` uint8 ``(samples, C, T, H, W)``, what
+        the tasks turn into videos without a float copy of the whole clip. ``keep_raw=False``
+        returns no raw output (None) and does not hold one; ``own=True`` lets a single sample
+        be generated in place in ``known`` (uint8) and ``mask`` (bool), the caller's own
+        buffers, so a long clip is held once."""
         steps = self.sample_defaults.steps if steps is None else steps
         sampler = self.sample_defaults.sampler if sampler is None else sampler
         guidance = self.sample_defaults.guidance if guidance is None else guidance
@@ -156,13 +179,21 @@ class FrameTasks:
             raise ValueError(f"a latent model's windows overlap by whole latent groups, 1 + {group}k frames "
                              f"(1, {1 + group}, {1 + 2 * group}, ...); got {overlap}")
         self.clip_shape(min(T, window), H, W)                        # refuse sizes the network cannot take
-        known = known.float().unsqueeze(0).expand(samples, -1, -1, -1, -1).clone()   # (S, C, T, H, W)
-        have = mask.float().unsqueeze(0).expand(samples, -1, -1, -1, -1).clone()     # (S, 1, T, H, W)
-        raw, covered = torch.zeros_like(known), torch.zeros(T, dtype=torch.bool)
+        # The clip is held as 8-bit levels and the mask as bools, a quarter of float32's memory
+        # for the part that grows with the length (each window converts only its own frames).
+        in_place = own and samples == 1 and known.dtype == torch.uint8 and mask.dtype == torch.bool
+        levels = known if known.dtype == torch.uint8 else to_levels(known)
+        known = levels.unsqueeze(0).expand(samples, -1, -1, -1, -1)                  # (S, C, T, H, W) uint8
+        have = (mask if mask.dtype == torch.bool else mask >= 0.5).unsqueeze(0).expand(samples, -1, -1, -1, -1)
+        if not in_place:                                                              # have: (S, 1, T, H, W)
+            known, have = known.clone(), have.clone()
+        del levels
+        raw = torch.zeros_like(known) if keep_raw else None
+        covered = torch.zeros(T, dtype=torch.bool)
         changes = [f for f, _ in schedule if f > 0]
         for j, (start, end) in enumerate(self._windows(have[0], window, overlap, changes, group)):
             text = prompt_at(schedule, int(torch.nonzero(~_frame_known(have[0, :, start:end]))[0]) + start, prompt)
-            part = self._fill_window(known[:, :, start:end], have[:, :, start:end], text,
+            part = self._fill_window(from_levels(known[:, :, start:end]), have[:, :, start:end].float(), text,
                                      [seed + k + j * WINDOW_SEED_STEP for k in range(samples)],
                                      steps=steps, sampler=sampler, guidance=guidance,
                                      negative_prompt=negative_prompt, method=method,
@@ -170,13 +201,14 @@ class FrameTasks:
                                      frame_stride=frame_stride, progress=progress, callback=callback)
             if callback is not None:
                 callback({"window": j, "frames": (start, end), "prompt": text})
-            fresh = ~covered[start:end]
-            raw[:, :, start:end][:, :, fresh] = part[:, :, fresh]
-            covered[start:end] = True
-            m = have[:, :, start:end]
-            known[:, :, start:end] = m * known[:, :, start:end] + (1 - m) * part
-            have[:, :, start:end] = 1.0
-        return known.clamp(-1, 1), raw
+            part = to_levels(part)                                                  # (S, C, t, H, W) uint8
+            if raw is not None:
+                fresh = ~covered[start:end]
+                raw[:, :, start:end][:, :, fresh] = part[:, :, fresh]
+                covered[start:end] = True
+            known[:, :, start:end] = torch.where(have[:, :, start:end], known[:, :, start:end], part)
+            have[:, :, start:end] = True
+        return known, raw
 
     def _windows(self, mask: Tensor, window: int, overlap: int, changes: Sequence[int], group: int = 1):
         """Yield ``(start, end)`` frame ranges until every frame is known; ``mask (1, T, H, W)``
@@ -242,7 +274,8 @@ class FrameTasks:
         return z.cpu(), latent_mask(mask, self.vae.temporal_factor, self.vae.spatial_factor, causal=True)
 
     def _videos(self, clips: Tensor, fps: Optional[float] = None) -> list[Video]:
-        return [Video.from_tensor(c, fps=fps or self.fps) for c in clips]
+        """uint8 levels ``(S, C, T, H, W)`` as ``S`` videos."""
+        return [Video(c.permute(1, 2, 3, 0).contiguous().numpy(), fps=fps or self.fps) for c in clips]
 
     # ------------------------------------------------------------------ tasks
     def animate(self, image: Clip, prompt: Optional[str] = None, num_frames: Optional[int] = None,
@@ -259,8 +292,8 @@ class FrameTasks:
         self._check_frame_size(frame)
         known = torch.zeros(3, T, frame.shape[2], frame.shape[3])
         known[:, frame_index] = frame[:, 0]
-        video, _ = self.fill(known, frames_mask(T, frame.shape[2], frame.shape[3], [frame_index]),
-                             prompt, samples=samples, **options)
+        video, _ = self._task(known, frames_mask(T, frame.shape[2], frame.shape[3], [frame_index]),
+                              prompt, samples=samples, **options)
         return self._one_or_list(self._videos(video))
 
     def predict(self, video: Clip, context: int, num_frames: int, prompt: Optional[str] = None,
@@ -276,10 +309,10 @@ class FrameTasks:
         if num_frames <= context:
             raise ValueError(f"frames ({num_frames}) must exceed the context ({context}): nothing to generate")
         self._check_frame_size(clip)
-        known = torch.zeros(3, num_frames, clip.shape[2], clip.shape[3])
-        known[:, :context] = clip[:, -context:]
-        videos, _ = self.fill(known, frames_mask(num_frames, clip.shape[2], clip.shape[3], range(context)),
-                              prompt, samples=samples, **options)
+        known = torch.zeros(3, num_frames, clip.shape[2], clip.shape[3], dtype=torch.uint8)
+        known[:, :context] = to_levels(clip[:, -context:])
+        videos, _ = self._task(known, frames_mask(num_frames, clip.shape[2], clip.shape[3], range(context)) >= 0.5,
+                               prompt, samples=samples, **options)
         return self._one_or_list(self._videos(videos, _fps(video, self.fps)))
 
     def interpolate(self, video: Clip, factor: int, prompt: Optional[str] = None, **options) -> Video:
@@ -302,8 +335,8 @@ class FrameTasks:
         mask = frames_mask(T_out, clip.shape[2], clip.shape[3], range(0, T_out, factor))
         gaps = (self.frames - 1) // factor            # keyframe gaps per window
         # Windows end on a keyframe, and the next one starts on it.
-        out, _ = self.fill(known, mask, prompt, window=gaps * factor + 1, overlap=1, **options)
-        return Video.from_tensor(out[0], fps=_fps(video, self.fps) * factor)
+        out, _ = self._task(known, mask, prompt, window=gaps * factor + 1, overlap=1, **options)
+        return self._videos(out[:1], fps=_fps(video, self.fps) * factor)[0]
 
     def inpaint(self, video: Clip, prompt: Optional[str] = None, mask: Optional[Clip] = None,
                 box: Optional[Sequence[int]] = None, frame_range: Optional[Sequence[int]] = None,
@@ -326,7 +359,7 @@ class FrameTasks:
                 raise ValueError("the mask is all black (nothing to regenerate) or all white "
                                  "(nothing kept): white marks the pixels to regenerate")
             known_mask = (~regen).float().expand(1, T, H, W).clone()
-        videos, _ = self.fill(clip, known_mask, prompt, samples=samples, **options)
+        videos, _ = self._task(clip, known_mask, prompt, samples=samples, **options)
         return self._one_or_list(self._videos(videos, _fps(video, self.fps)))
 
     def outpaint(self, video: Clip, pad: dict, prompt: Optional[str] = None, samples: int = 1, **options):
@@ -348,7 +381,7 @@ class FrameTasks:
                              "choose pads that give a size it accepts") from None
         known = torch.zeros(3, T, H2, W2)
         known[:, :, sides["top"]:sides["top"] + H, sides["left"]:sides["left"] + W] = clip
-        videos, _ = self.fill(known, border_mask(T, H2, W2, **sides), prompt, samples=samples, **options)
+        videos, _ = self._task(known, border_mask(T, H2, W2, **sides), prompt, samples=samples, **options)
         return self._one_or_list(self._videos(videos, _fps(video, self.fps)))
 
     def extend(self, video: Clip, num_frames: int, prompt: Optional[str] = None, samples: int = 1,
@@ -358,9 +391,9 @@ class FrameTasks:
         if num_frames <= clip.shape[1]:
             raise ValueError(f"frames ({num_frames}) must exceed the video's {clip.shape[1]} frames")
         self._check_frame_size(clip)
-        known = torch.zeros(3, num_frames, clip.shape[2], clip.shape[3])
-        known[:, :clip.shape[1]] = clip
-        mask = frames_mask(num_frames, clip.shape[2], clip.shape[3], range(clip.shape[1]))
+        known = torch.zeros(3, num_frames, clip.shape[2], clip.shape[3], dtype=torch.uint8)
+        known[:, :clip.shape[1]] = to_levels(clip)
+        mask = frames_mask(num_frames, clip.shape[2], clip.shape[3], range(clip.shape[1])) >= 0.5
         videos = self.long(known, mask, prompt, samples=samples, scheme=scheme, stride=stride, **options)
         return self._one_or_list(self._videos(videos, _fps(video, self.fps)))
 
@@ -368,7 +401,7 @@ class FrameTasks:
              stride: int = 4, **options) -> Tensor:
         """:meth:`fill` by a long-video ``scheme``: ``"autoregressive"`` (sliding windows) or
         ``"hierarchical"`` (every ``stride``-th frame first, as a clip at ``stride`` times
-        the frame stride, then the frames between). Returns ``(S, C, T, H, W)``."""
+        the frame stride, then the frames between). Returns uint8 levels ``(S, C, T, H, W)``."""
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; accepted: {list(SCHEMES)}")
         if scheme == "hierarchical":
@@ -380,22 +413,28 @@ class FrameTasks:
                 raise ValueError(f"keyframe stride must be an integer >= 2, got {stride!r}")
             if options.get("prompt_schedule"):
                 raise ValueError("a prompt schedule needs --scheme autoregressive")
-            keys, _ = self.fill(known[:, ::stride], mask[:, ::stride], prompt, frame_stride=float(stride),
-                                **options)
+            known = known if known.dtype == torch.uint8 else to_levels(known)
+            mask = mask >= 0.5
+            keys, _ = self._task(known[:, ::stride], mask[:, ::stride], prompt, frame_stride=float(stride),
+                                 **options)
             samples = keys.shape[0]
             filled = []
             for k in range(samples):                 # each sample's keyframes are its own known frames
                 key_known = known.clone()
                 key_known[:, ::stride] = keys[k]
                 key_mask = mask.clone()
-                key_mask[:, ::stride] = 1.0
+                key_mask[:, ::stride] = True
                 one = dict(options, samples=1, seed=options.get("seed", 0) + k)
-                if key_mask.min() >= 0.5:
+                if key_mask.all():
                     filled.append(key_known[None])
                     continue
-                filled.append(self.fill(key_known, key_mask, prompt, **one)[0])
+                filled.append(self._task(key_known, key_mask, prompt, **one)[0])
             return torch.cat(filled)
-        return self.fill(known, mask, prompt, **options)[0]
+        return self._task(known, mask, prompt, keep_raw=False, own=True, **options)[0]
+
+    def _task(self, known: Tensor, mask: Tensor, prompt: Optional[str], **options) -> tuple[Tensor, Optional[Tensor]]:
+        """:meth:`_fill` with :meth:`fill`'s defaults for the options not given."""
+        return self._fill(known, mask, prompt, **{**FILL_DEFAULTS, **options})
 
     # ------------------------------------------------------------------ helpers
     def _check_frame_size(self, clip: Tensor) -> None:
@@ -410,6 +449,11 @@ class FrameTasks:
     def _one_or_list(videos: list[Video], single: bool = True):
         """One :class:`Video` when one was asked for (one input, one sample), else the list."""
         return videos[0] if single and len(videos) == 1 else videos
+
+
+# fill's keyword defaults, read from its signature so the task methods share the one source.
+FILL_DEFAULTS = {name: p.default for name, p in inspect.signature(FrameTasks.fill).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _fps(video: Clip, default: float) -> float:

@@ -337,8 +337,7 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
                                          overlap=overlap, progress=progress, callback=callback,
                                          method=method, guidance_weight=guidance_weight)
                                for p in prompts])
-            videos = [Video.from_tensor(c, fps=self.fps) for c in clips]
-            return self._one_or_list(videos, single)
+            return self._one_or_list(self._videos(clips), single)          # clips: uint8 levels
         shape = self.clip_shape(num_frames, height, width)
         cond = negative = None
         if self.text_encoder is not None:
