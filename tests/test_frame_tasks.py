@@ -328,7 +328,7 @@ def test_a_long_clip_is_held_once_in_eight_bits():
     """Extending to 256 frames instead of 32 (64x64, a network with no activations to speak of)
     grows the peak working memory by at most 4 bytes a value of the extra frames: the clip is
     held once as uint8 levels (1 byte) with a boolean mask, and converted to float only a
-    window at a time (measured 2.1; 15 when the clip was held in float32 copies)."""
+    window at a time (measured 2.1; 18.6 when the clip was held in float32 copies)."""
     import json
     import os
     import subprocess
