@@ -111,6 +111,9 @@ def test_upscale_and_cascade_commands_end_to_end(models, tmp_path, capsys):
     (["upscale", "{big}", "--model", "{sr}"], "larger than"),
     (["generate", "--cascade", "{missing}", "--prompt", "a red circle moving right"], "does not exist"),
     (["generate", "--cascade", "{cascade}", "--model", "{base}", "--prompt", "a"], "drop --model"),
+    # the stages set the sampling: an explicit --steps or --guidance is refused, not ignored
+    (["generate", "--cascade", "{cascade}", "--steps", "20", "--guidance", "5", "--prompt", "a"],
+     "drop --steps, --guidance"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(models, tmp_path, capsys, args, words):
     inputs = tmp_path / "inputs"

@@ -79,6 +79,7 @@ E = ["edit", "{clip}", "--source-prompt", RED, "--prompt", BLUE]
     (["generate", "--from-noise", "{other}"], "cannot be used with model"),
     (["generate", "--from-noise", "{corrupt}"], "is not a readable noise file"),
     (["generate", "--from-noise", "{other}", "--prompt", RED], "--from-noise reproduces the noise file's own prompt"),
+    (["generate", "--from-noise", "{other}", "--sampler", "ddim"], "drop --sampler"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_editor, inputs, tmp_path, capsys, args, words):
     paths = {name: str(inputs / name) for name in ("clip", "long", "odd", "uncond")}

@@ -261,13 +261,19 @@ def add_video_out(p) -> None:
                    help="output path; the extension picks the container (.mp4, .webm, .gif; none: PNG folder)")
 
 
-def add_sampling_options(p, samples: bool = True) -> None:
-    """The options every sampling command shares (DESIGN: the same meaning everywhere)."""
+def add_sampling_options(p, samples: bool = True, unset: bool = False) -> None:
+    """The options every sampling command shares (DESIGN: the same meaning everywhere).
+    ``unset``: ``--steps``, ``--sampler`` and ``--guidance`` stay None when not given, so a
+    command whose other source of them (a cascade's stages, a noise file) would silently win
+    can refuse them; it fills in the defaults itself (:func:`fill_sampling_defaults`)."""
     add_model_option(p)
     p.add_argument("--negative-prompt", type=text_type, help="steer away from this text")
-    p.add_argument("--steps", type=positive_int, default=DEFAULTS.steps)
-    p.add_argument("--sampler", type=one_of("sampler", SAMPLERS), default=DEFAULTS.sampler)
-    p.add_argument("--guidance", type=nonnegative_float, default=DEFAULTS.guidance, help="1 = off")
+    p.add_argument("--steps", type=positive_int, default=None if unset else DEFAULTS.steps,
+                   help=f"sampling steps (default {DEFAULTS.steps})")
+    p.add_argument("--sampler", type=one_of("sampler", SAMPLERS), default=None if unset else DEFAULTS.sampler,
+                   help=f"default {DEFAULTS.sampler}")
+    p.add_argument("--guidance", type=nonnegative_float, default=None if unset else DEFAULTS.guidance,
+                   help=f"classifier-free guidance scale, 1 = off (default {DEFAULTS.guidance:g})")
     p.add_argument("--seed", type=seed_type, default=0)
     if samples:
         p.add_argument("--samples", type=positive_int, default=1,
@@ -294,6 +300,16 @@ def add_long_options(p) -> None:
     p.add_argument("--overlap", type=positive_int, help="known frames each new window starts with "
                                                          "(default: a quarter of the model's window)")
     p.add_argument("--stride", type=positive_int, default=4, help="keyframe spacing of --scheme hierarchical")
+
+
+SAMPLING_OPTIONS = ("steps", "sampler", "guidance")
+
+
+def fill_sampling_defaults(args) -> None:
+    """Give ``--steps``, ``--sampler`` and ``--guidance`` left unset their defaults."""
+    for name in SAMPLING_OPTIONS:
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(DEFAULTS, name))
 
 
 def sampling_kwargs(args) -> dict:

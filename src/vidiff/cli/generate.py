@@ -5,9 +5,10 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from vidiff.cli.common import (add_frame_options, add_long_options, add_sampling_options, existing_file, existing_path,
-                               long_kwargs, model_type, nonnegative_float, one_of, positive_int, read_video,
-                               sampling_kwargs, text_type, unit_interval)
+from vidiff.cli.common import (SAMPLING_OPTIONS, add_frame_options, add_long_options, add_sampling_options,
+                               existing_file, existing_path, fill_sampling_defaults, long_kwargs, model_type,
+                               nonnegative_float, one_of, positive_int, read_video, sampling_kwargs, text_type,
+                               unit_interval)
 from vidiff.models.controlnet import CONTROL_TYPES
 from vidiff.pipelines.cascade import Cascade
 from vidiff.pipelines.control import parse_control_range
@@ -62,7 +63,7 @@ def add_generate(sub) -> None:
                               "(default 0,1; 0,0.6 sets the layout and leaves the details to the model)")
     control.add_argument("--extractor", type=existing_file, metavar="FILE",
                          help="a TorchScript model that makes depth or custom maps for --control-from")
-    add_sampling_options(p)
+    add_sampling_options(p, unset=True)      # a cascade's stages or a noise file set them otherwise
     add_frame_options(p)
     add_long_options(p)
     p.set_defaults(run=run_generate)
@@ -73,6 +74,7 @@ def run_generate(args) -> int:
         return _from_noise(args)
     if args.cascade is not None:
         return _cascade(args)
+    fill_sampling_defaults(args)
     prompts = _prompts(args)
     options = long_kwargs(args)      # a bad schedule file is refused before the model loads
     if options["prompt_schedule"] is not None and prompts is not None and len(prompts) > 1:
@@ -146,7 +148,8 @@ def _control_kwargs(args) -> dict:
 
 # Options a cascade's stages set themselves (and options no stage reads), refused beside --cascade.
 CASCADE_FIXES = ("model", "frames", "height", "width", "negative_prompt", "prompt_schedule", "reference",
-                 "control", "control_from", "control_type", "controlnet", "extractor", "method", "overlap")
+                 "control", "control_from", "control_type", "controlnet", "extractor", "method", "overlap",
+                 *SAMPLING_OPTIONS)
 
 
 def _cascade(args) -> int:
@@ -160,14 +163,16 @@ def _cascade(args) -> int:
     return 0
 
 
-# Options a noise file fixes itself (its prompt and clip size), refused beside --from-noise.
-NOISE_FIXES = ("cascade", "prompt", "prompts", "frames", "height", "width", "prompt_schedule", "negative_prompt")
+# Options a noise file fixes itself (its prompt, clip size and sampling), refused beside --from-noise.
+NOISE_FIXES = ("cascade", "prompt", "prompts", "frames", "height", "width", "prompt_schedule", "negative_prompt",
+               *SAMPLING_OPTIONS)
 
 
 def _from_noise(args) -> int:
     given = [f"--{name.replace('_', '-')}" for name in NOISE_FIXES if getattr(args, name) is not None]
     if given:
-        raise ValueError(f"--from-noise reproduces the noise file's own prompt and size: drop {', '.join(given)}")
+        raise ValueError(f"--from-noise reproduces the noise file's own prompt, size and sampling: "
+                         f"drop {', '.join(given)}")
     if args.samples != 1:
         raise ValueError("--from-noise reproduces one clip: drop --samples")
     pipe = load(args.model, device=args.device)
