@@ -11,9 +11,10 @@ Three ways of conditioning on the known pixels are measured side by side:
 
 Tasks and figures (uint8 PSNR, peak 255; 20 dpmpp_2m steps):
 
-* forecast: the first 4 frames of a 16-frame clip are given, no prompt; PSNR over the 12
-  future frames against the truth, minus that of repeating frame 3 (copy-last); and the share
-  of clips whose forecast keeps the true direction (the shapes detector).
+* forecast: the first 4 frames of a 16-frame clip are given, no prompt (``--forecast-prompt``:
+  the caption, at ``--forecast-guidance``, default 1); PSNR over the 12 future frames against the truth, minus that of
+  repeating frame 3 (copy-last); and the share of clips whose forecast keeps the true
+  direction (the shapes detector).
 * interpolate x4: frames 0, 4, 8, 12 given, no prompt; PSNR over the 9 generated frames minus
   that of blending the neighbouring keyframes linearly.
 * animate: frame 0 given with the clip's caption; PSNR of the raw model output's frame 0
@@ -94,7 +95,7 @@ def outpaint_clip(triple, size: int = 32):
     return render(*triple, frames=FRAMES, size=size, start=(x0, sum(g["y"]) / 2))
 
 
-def run_tasks(pipe, method: str, data, steps: int, weight: float) -> dict:
+def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guidance=None) -> dict:
     import torch
     from vidiff.data.shapes import COLORS
     from vidiff.diffusion.masks import box_mask, frames_mask
@@ -109,7 +110,8 @@ def run_tasks(pipe, method: str, data, steps: int, weight: float) -> dict:
     for i, (text, triple, clip) in enumerate(data):
         video = Video(clip)
         # Forecast.
-        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, guidance=1.0, **opts).frames
+        told = dict(guidance=1.0) if forecast_guidance is None else dict(prompt=text, guidance=forecast_guidance)
+        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, **told, **opts).frames
         r["forecast"].append(psnr(pred[CONTEXT:], clip[CONTEXT:]))
         r["copy_last"].append(psnr(np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0), clip[CONTEXT:]))
         r["direction"].append(detect(pred)["direction"] == triple[2])
@@ -257,6 +259,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance-weight", type=float, default=None, help="default: vidiff's")
     parser.add_argument("--methods", default="mask,guidance,replace")
+    parser.add_argument("--forecast-prompt", action="store_true",
+                        help="forecast with the clip's caption instead of from the frames alone")
+    parser.add_argument("--forecast-guidance", type=float, default=1.0,
+                        help="guidance of a forecast told its caption (1: none, the measured best)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--cost-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -281,7 +287,8 @@ def main() -> None:
     results = {}
     for method in args.methods.split(","):
         pipe = vidiff.load(args.model if method == "mask" else args.t2v)
-        results[method] = run_tasks(pipe, method, data, args.steps, args.guidance_weight)
+        results[method] = run_tasks(pipe, method, data, args.steps, args.guidance_weight,
+                                    args.forecast_guidance if args.forecast_prompt else None)
         print(method, json.dumps({k: round(v, 3) for k, v in results[method].items()}), flush=True)
     print(f"\n{'method':>9} {'forecast dB':>12} {'vs copy':>8} {'dir %':>6} {'interp dB':>10} {'vs blend':>9} "
           f"{'i2v f0 dB':>10} {'i2v ok %':>9} {'inpaint px':>11} {'colour %':>9} {'outpaint dB':>12} {'pad px':>7}")
