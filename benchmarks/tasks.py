@@ -95,13 +95,15 @@ def outpaint_clip(triple, size: int = 32):
     return render(*triple, frames=FRAMES, size=size, start=(x0, sum(g["y"]) / 2))
 
 
-def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guidance=None) -> dict:
+def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guidance=None, guidance=None) -> dict:
     import torch
     from vidiff.data.shapes import COLORS
     from vidiff.diffusion.masks import box_mask, frames_mask
     from vidiff.eval.shapes import detect
     from vidiff.video import Video
     opts = dict(steps=steps, method=method)
+    if guidance is not None:          # the prompted tasks' (animate, inpaint, outpaint) text guidance
+        opts["guidance"] = guidance
     if weight is not None:
         opts["guidance_weight"] = weight
     r = {k: [] for k in ("forecast", "copy_last", "direction", "interp", "blend", "i2v_psnr",
@@ -111,13 +113,13 @@ def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guida
         video = Video(clip)
         # Forecast.
         told = dict(guidance=1.0) if forecast_guidance is None else dict(prompt=text, guidance=forecast_guidance)
-        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, **told, **opts).frames
+        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, **{**opts, **told}).frames
         r["forecast"].append(psnr(pred[CONTEXT:], clip[CONTEXT:]))
         r["copy_last"].append(psnr(np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0), clip[CONTEXT:]))
         r["direction"].append(detect(pred)["direction"] == triple[2])
         # Interpolate x4 over frames 0..12.
         keys = clip[0:13:FACTOR]
-        out = pipe.interpolate(Video(keys), FACTOR, seed=i, guidance=1.0, **opts).frames
+        out = pipe.interpolate(Video(keys), FACTOR, seed=i, **{**opts, "guidance": 1.0}).frames
         between = [f for f in range(13) if f % FACTOR]
         blend = np.stack([(1 - (f % FACTOR) / FACTOR) * keys[f // FACTOR].astype(np.float64)
                           + (f % FACTOR) / FACTOR * keys[f // FACTOR + 1] for f in between])
@@ -259,6 +261,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance-weight", type=float, default=None, help="default: vidiff's")
     parser.add_argument("--methods", default="mask,guidance,replace")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="text guidance of the prompted tasks: animate, inpaint, outpaint (default: the model's)")
     parser.add_argument("--forecast-prompt", action="store_true",
                         help="forecast with the clip's caption instead of from the frames alone")
     parser.add_argument("--forecast-guidance", type=float, default=1.0,
@@ -288,7 +292,7 @@ def main() -> None:
     for method in args.methods.split(","):
         pipe = vidiff.load(args.model if method == "mask" else args.t2v)
         results[method] = run_tasks(pipe, method, data, args.steps, args.guidance_weight,
-                                    args.forecast_guidance if args.forecast_prompt else None)
+                                    args.forecast_guidance if args.forecast_prompt else None, args.guidance)
         print(method, json.dumps({k: round(v, 3) for k, v in results[method].items()}), flush=True)
     print(f"\n{'method':>9} {'forecast dB':>12} {'vs copy':>8} {'dir %':>6} {'interp dB':>10} {'vs blend':>9} "
           f"{'i2v f0 dB':>10} {'i2v ok %':>9} {'inpaint px':>11} {'colour %':>9} {'outpaint dB':>12} {'pad px':>7}")

@@ -3,6 +3,7 @@ import inspect
 
 import vidiff
 from vidiff.cli import build_parser
+from vidiff.cli.common import fill_sampling_defaults
 from vidiff.compose import RunConfig, SampleConfig
 from vidiff.diffusion import DEFAULT_SAMPLER, DEFAULT_STEPS, sample
 from vidiff.eval.adherence import shapes_adherence
@@ -33,7 +34,11 @@ def test_sampling_defaults_come_from_one_place():
         assert {k: got[k] for k in expected if k in got} == {k: v for k, v in expected.items() if k in got}, fn
     assert defaults(sample)["sampler"] == config.sampler and defaults(sample)["steps"] == config.steps
     assert defaults(steps_study)["guidance"] == config.guidance
+    # generate leaves them unset until it knows whether a cascade or noise file sets them,
+    # then fills them in from the same place
     generate = subparser("generate").parse_args(["--model", ".", "--out", "o.mp4"])   # any existing path
+    assert (generate.steps, generate.sampler, generate.guidance) == (None, None, None)
+    fill_sampling_defaults(generate)
     assert (generate.steps, generate.sampler, generate.guidance) == (config.steps, config.sampler, config.guidance)
     shapes = subparser("eval", "shapes").parse_args(["--model", "."])
     assert shapes.steps == [config.steps] and shapes.guidance == config.guidance

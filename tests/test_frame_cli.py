@@ -101,3 +101,25 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_tasks, inputs, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_frame_commands_default_to_no_guidance_on_a_mask_trained_model(tiny_tasks, inputs, tmp_path, monkeypatch):
+    """Left unset, --guidance is SampleConfig.known_guidance (1) for method mask, where the
+    unconditional branch sees the known frames but not the text; the text-to-video default (5)
+    for the other methods; a given --guidance wins; generate keeps 5."""
+    from vidiff.pipelines.video import DEFAULTS, VideoPipeline
+    used = []
+    run = VideoPipeline._run
+
+    def spy(self, *args, **options):
+        used.append(options["guidance"])
+        return run(self, *args, **options)
+    monkeypatch.setattr(VideoPipeline, "_run", spy)
+    predict = ["predict", str(inputs / "in.mp4"), "--model", tiny_tasks, "--context", "2", "--frames", "4",
+               "--prompt", "a red circle moving right", *FAST]
+    assert main(predict + ["--out", str(tmp_path / "a.mp4")]) == 0
+    assert main(predict + ["--method", "replace", "--out", str(tmp_path / "b.mp4")]) == 0
+    assert main(predict + ["--guidance", "3", "--out", str(tmp_path / "c.mp4")]) == 0
+    assert main(["generate", "--model", tiny_tasks, "--prompt", "a red circle moving right", *FAST,
+                 "--out", str(tmp_path / "d.mp4")]) == 0
+    assert used == [DEFAULTS.known_guidance, DEFAULTS.guidance, 3.0, DEFAULTS.guidance] == [1.0, 5.0, 3.0, 5.0]

@@ -261,7 +261,7 @@ def add_video_out(p) -> None:
                    help="output path; the extension picks the container (.mp4, .webm, .gif; none: PNG folder)")
 
 
-def add_sampling_options(p, samples: bool = True, unset: bool = False) -> None:
+def add_sampling_options(p, samples: bool = True, unset: bool = False, guidance_help: Optional[str] = None) -> None:
     """The options every sampling command shares (DESIGN: the same meaning everywhere).
     ``unset``: ``--steps``, ``--sampler`` and ``--guidance`` stay None when not given, so a
     command whose other source of them (a cascade's stages, a noise file) would silently win
@@ -273,7 +273,7 @@ def add_sampling_options(p, samples: bool = True, unset: bool = False) -> None:
     p.add_argument("--sampler", type=one_of("sampler", SAMPLERS), default=None if unset else DEFAULTS.sampler,
                    help=f"default {DEFAULTS.sampler}")
     p.add_argument("--guidance", type=nonnegative_float, default=None if unset else DEFAULTS.guidance,
-                   help=f"classifier-free guidance scale, 1 = off (default {DEFAULTS.guidance:g})")
+                   help=guidance_help or f"classifier-free guidance scale, 1 = off (default {DEFAULTS.guidance:g})")
     p.add_argument("--seed", type=seed_type, default=0)
     if samples:
         p.add_argument("--samples", type=positive_int, default=1,

@@ -232,11 +232,17 @@ class SampleConfig:
 
     ``frames`` is the clip length (None: the training length); ``prompts`` the prompts of
     the samples written during training (empty: the dataset's held-out ones).
+    ``known_guidance`` is the text guidance of a frame task (known frames entering a
+    mask-trained network) when none is given: there the unconditional branch sees the known
+    frames but not the text, so it is wrong about the subject, and guiding away from it drew
+    dark rings around the shipped ``shapes``' subjects and cost 5-6 dB (docs/benchmarks.md,
+    "Frame tasks"); 1 turns guidance off.
     """
     prompts: list[str] = field(default_factory=list)
     sampler: str = DEFAULT_SAMPLER
     steps: int = DEFAULT_STEPS
     guidance: float = 5.0
+    known_guidance: float = 1.0
     frames: Optional[int] = None
 
     def __post_init__(self):
@@ -244,8 +250,10 @@ class SampleConfig:
             raise ConfigError(f"sample.sampler: {self.sampler!r} is not one of {sorted(SAMPLERS)}")
         if isinstance(self.steps, bool) or self.steps < 1:
             raise ConfigError(f"sample.steps must be >= 1, got {self.steps}")
-        if not (math.isfinite(self.guidance) and self.guidance >= 0):
-            raise ConfigError(f"sample.guidance must be a finite number >= 0, got {self.guidance}")
+        for name in ("guidance", "known_guidance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"sample.{name} must be a finite number >= 0, got {value}")
         if self.frames is not None and self.frames < 1:
             raise ConfigError(f"sample.frames must be >= 1 (or unset: the training length), got {self.frames}")
 

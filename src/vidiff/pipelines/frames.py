@@ -115,7 +115,10 @@ class FrameTasks:
             prompt: the text (None: the null text, no text guidance).
             samples: variations; sample ``k`` uses seed ``seed + k`` (window ``j`` of it
                 ``seed + k + j * 1_000_003``).
-            steps, sampler, guidance, negative_prompt: as in :meth:`generate`.
+            steps, sampler, negative_prompt: as in :meth:`generate`.
+            guidance: text guidance (None: ``known_guidance`` of the sampling defaults, 1, for
+                ``method="mask"``, where the unconditional branch sees the known frames but
+                not the text; the text-to-video default, 5, for the other methods).
             method: ``"mask"``, ``"guidance"`` or ``"replace"`` (see :meth:`sample`).
             guidance_weight: the reconstruction guidance weight.
             known_noise: diffusion time of noise added to the known frames (a mask-trained
@@ -152,8 +155,10 @@ class FrameTasks:
         buffers, so a long clip is held once."""
         steps = self.sample_defaults.steps if steps is None else steps
         sampler = self.sample_defaults.sampler if sampler is None else sampler
-        guidance = self.sample_defaults.guidance if guidance is None else guidance
         method = self.check_method(method)
+        if guidance is None:   # known frames entering the network: its unconditional branch is no guide
+            defaults = self.sample_defaults
+            guidance = defaults.known_guidance if method == "mask" else defaults.guidance
         C, T, H, W = known.shape
         if mask.shape != (1, T, H, W):
             raise ValueError(f"mask must have shape (1, T, H, W) = {(1, T, H, W)} for known {tuple(known.shape)}, "
