@@ -269,20 +269,27 @@ print(json.dumps((kib("VmHWM") - baseline) / 1024))
 """
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
-def test_long_clip_working_memory_stays_flat():
-    """Peak working memory (peak RSS minus the resident set before the call, each length in a
-    fresh process) filling 128 frames is at most 1.25x that of 32 frames."""
+def _peaks(worker: str, lengths) -> dict:
+    """What ``worker`` prints (a peak working memory) for each clip length, each in a fresh
+    process, with glibc returning freed buffers so that RSS follows the live set."""
     import json
     import os
     import subprocess
     import sys
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}   # RSS follows the live set
-    mib = {}
-    for frames in (32, 128):
-        result = subprocess.run([sys.executable, "-c", _MEMORY_WORKER, str(frames)], capture_output=True,
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    peaks = {}
+    for frames in lengths:
+        result = subprocess.run([sys.executable, "-c", worker, str(frames)], capture_output=True,
                                 text=True, env=env, check=True)
-        mib[frames] = json.loads(result.stdout.strip().splitlines()[-1])
+        peaks[frames] = json.loads(result.stdout.strip().splitlines()[-1])
+    return peaks
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_long_clip_working_memory_stays_flat():
+    """Peak working memory (peak RSS minus the resident set before the call, each length in a
+    fresh process) filling 128 frames is at most 1.25x that of 32 frames."""
+    mib = _peaks(_MEMORY_WORKER, (32, 128))
     assert mib[32] > 16, mib                         # the activations are measured at all
     assert mib[128] <= 1.25 * mib[32], mib
 
@@ -329,15 +336,6 @@ def test_a_long_clip_is_held_once_in_eight_bits():
     grows the peak working memory by at most 4 bytes a value of the extra frames: the clip is
     held once as uint8 levels (1 byte) with a boolean mask, and converted to float only a
     window at a time (measured 2.1; 18.6 when the clip was held in float32 copies)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}   # RSS follows the live set
-    peak = {}
-    for frames in (32, 256):
-        result = subprocess.run([sys.executable, "-c", _CLIP_WORKER, str(frames)], capture_output=True,
-                                text=True, env=env, check=True)
-        peak[frames] = json.loads(result.stdout.strip().splitlines()[-1])
+    peak = _peaks(_CLIP_WORKER, (32, 256))
     per_value = (peak[256] - peak[32]) / (224 * 3 * 64 * 64)
     assert per_value <= 4.0, (peak, per_value)

@@ -90,6 +90,13 @@ def prompt_at(schedule: Sequence[tuple[int, str]], frame: int, default: Optional
     return prompt
 
 
+def _levels_and_bools(known: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``known`` as uint8 levels and ``mask`` as bools (known where >= 0.5), each returned as
+    it is when it already has that type."""
+    levels = known if known.dtype == torch.uint8 else to_levels(known)
+    return levels, (mask if mask.dtype == torch.bool else mask >= 0.5)
+
+
 def _frame_known(mask: Tensor) -> Tensor:
     """``(T,)`` bool: frames whose every pixel is known, for a mask ``(1, T, H, W)``."""
     return mask.flatten(2).min(dim=2).values[0] >= 0.5
@@ -186,13 +193,13 @@ class FrameTasks:
         self.clip_shape(min(T, window), H, W)                        # refuse sizes the network cannot take
         # The clip is held as 8-bit levels and the mask as bools, a quarter of float32's memory
         # for the part that grows with the length (each window converts only its own frames).
-        in_place = own and samples == 1 and known.dtype == torch.uint8 and mask.dtype == torch.bool
-        levels = known if known.dtype == torch.uint8 else to_levels(known)
+        levels, bools = _levels_and_bools(known, mask)
+        in_place = own and samples == 1 and levels is known and bools is mask
         known = levels.unsqueeze(0).expand(samples, -1, -1, -1, -1)                  # (S, C, T, H, W) uint8
-        have = (mask if mask.dtype == torch.bool else mask >= 0.5).unsqueeze(0).expand(samples, -1, -1, -1, -1)
-        if not in_place:                                                              # have: (S, 1, T, H, W)
+        have = bools.unsqueeze(0).expand(samples, -1, -1, -1, -1)                     # (S, 1, T, H, W) bool
+        if not in_place:
             known, have = known.clone(), have.clone()
-        del levels
+        del levels, bools          # a converted copy is not held beside the working buffers
         raw = torch.zeros_like(known) if keep_raw else None
         covered = torch.zeros(T, dtype=torch.bool)
         changes = [f for f, _ in schedule if f > 0]
@@ -418,8 +425,7 @@ class FrameTasks:
                 raise ValueError(f"keyframe stride must be an integer >= 2, got {stride!r}")
             if options.get("prompt_schedule"):
                 raise ValueError("a prompt schedule needs --scheme autoregressive")
-            known = known if known.dtype == torch.uint8 else to_levels(known)
-            mask = mask >= 0.5
+            known, mask = _levels_and_bools(known, mask)
             keys, _ = self._task(known[:, ::stride], mask[:, ::stride], prompt, frame_stride=float(stride),
                                  **options)
             samples = keys.shape[0]
