@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vae_memory import ALLOCATORS, status_kib  # noqa: E402  (benchmarks are scripts, not a package)
+from vae_memory import ALLOCATORS, start_peak, working_mib  # noqa: E402  (benchmarks are scripts, not a package)
 
 from vidiff.conditioning import Conditioning  # noqa: E402
 from vidiff.models import VAE_MODELS, VideoVAE  # noqa: E402
@@ -99,15 +99,13 @@ def worker(args, size: int, mode: str) -> dict:
         optimizer.step()
 
     train_step()                                         # warm-up; optimizer state now exists
-    baseline = status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:        # reset VmHWM to the current RSS
-        f.write("5")
+    baseline = start_peak()
     times = []
     for _ in range(args.runs):
         start = time.perf_counter()
         train_step()
         times.append(time.perf_counter() - start)
-    out = {"train_s": statistics.median(times) / args.batch, "train_mib": (status_kib("VmHWM") - baseline) / 1024}
+    out = {"train_s": statistics.median(times) / args.batch, "train_mib": working_mib(baseline)}
     network.eval()
     x2, t2, cond2 = inputs(shape, 2, "cpu")
     with torch.no_grad():

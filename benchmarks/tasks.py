@@ -52,7 +52,7 @@ import time
 
 import numpy as np
 
-from vae_memory import status_kib      # the same peak-RSS reading as the autoencoder benchmark
+from vae_memory import ALLOCATORS, start_peak, working_mib      # the autoencoder benchmark's peak-RSS reading
 
 CONTEXT, FRAMES, FACTOR = 4, 16, 4
 HOLE = (5, 10)                      # inpainting hides the shape over these frames (inclusive)
@@ -230,13 +230,11 @@ def cost_worker(model: str, frames: int, steps: int) -> dict:
     pipe = vidiff.load(model)
     video = vidiff.Video(render("red", "circle", "right", frames=FRAMES, size=32))
     pipe.extend(video, FRAMES + 4, steps=1)                 # warm up: first-call allocations
-    baseline = status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:           # reset the peak-RSS mark
-        f.write("5")
+    baseline = start_peak()
     start = time.perf_counter()
     pipe.extend(video, frames, steps=steps)
     seconds = time.perf_counter() - start
-    return {"frames": frames, "working_mib": (status_kib("VmHWM") - baseline) / 1024,
+    return {"frames": frames, "working_mib": working_mib(baseline),
             "seconds_per_frame": seconds / (frames - FRAMES)}
 
 
@@ -244,7 +242,7 @@ def cost(model: str, steps: int) -> dict:
     out = {}
     for frames in (32, 128):
         cmd = [sys.executable, __file__, "--cost-worker", str(frames), "--model", model, "--steps", str(steps)]
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}   # RSS follows the live set (vae_memory.py)
+        env = {**os.environ, **ALLOCATORS["fixed"]}              # RSS follows the live set (vae_memory.py)
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode:
             raise RuntimeError(f"cost worker {frames} failed:\n{result.stderr}")

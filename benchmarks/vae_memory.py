@@ -45,6 +45,20 @@ def status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def start_peak() -> int:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current resident set and return that
+    resident set (KiB): the baseline :func:`working_mib` measures from."""
+    baseline = status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return baseline
+
+
+def working_mib(baseline: int) -> float:
+    """Peak RSS since :func:`start_peak` above its baseline, in MiB."""
+    return (status_kib("VmHWM") - baseline) / 1024
+
+
 def worker(frames: int, size: int, chunk: int | None) -> dict:
     import numpy as np
     import torch
@@ -56,14 +70,11 @@ def worker(frames: int, size: int, chunk: int | None) -> dict:
     z = torch.randn(C, t, h, w)                          # one unbatched clip's latents
     out = np.empty((frames + 1, size, size, 3), dtype=np.uint8)
     out.fill(0)                                          # touch the pages: they are resident now
-    baseline = status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:        # reset VmHWM to the current RSS
-        f.write("5")
+    baseline = start_peak()
     start = time.perf_counter()
     vae.decode_to_uint8(z, out=out, chunk=chunk)
     seconds = time.perf_counter() - start
-    peak = status_kib("VmHWM")
-    return {"frames": frames, "chunk": chunk, "working_mib": (peak - baseline) / 1024,
+    return {"frames": frames, "chunk": chunk, "working_mib": working_mib(baseline),
             "fps": (frames + 1) / seconds, "seconds": seconds}
 
 

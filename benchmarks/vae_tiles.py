@@ -1,9 +1,9 @@
 """Large frames: decoding 17 frames at 512x512 with spatial tiles. Working memory, and seams.
 
 Memory: each measurement runs in a fresh subprocess (as in ``vae_memory.py``, whose
-``status_kib`` and fixed-mmap-threshold allocator it shares): the latents and the uint8 output
-buffer are allocated and touched, the peak-RSS mark is reset, ``decode_to_uint8`` fills the
-buffer, and working memory = peak RSS - baseline. Tiled (``--tile`` latent cells, overlap
+``start_peak`` / ``working_mib`` and fixed-mmap-threshold allocator it shares): the latents
+and the uint8 output buffer are allocated and touched, the peak-RSS mark is reset,
+``decode_to_uint8`` fills the buffer, and working memory = peak RSS - baseline. Tiled (``--tile`` latent cells, overlap
 ``tile // 4``, ``--chunk`` latent frames a pass) against one untiled pass.
 
 Seams: a held-out clip of ``--dataset`` at ``--size`` is encoded once (tiled, chunked) and its
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vae_memory import ALLOCATORS, status_kib  # noqa: E402  (benchmarks are scripts, not a package)
+from vae_memory import ALLOCATORS, start_peak, working_mib  # noqa: E402  (benchmarks are scripts, not a package)
 
 BOUND_MIB = 1024   # the stated bound on tiled working memory at 512x512, 17 frames
 
@@ -58,13 +58,11 @@ def worker(args) -> dict:
     z = torch.randn(C, t, h, w, generator=torch.Generator().manual_seed(0))
     out = np.zeros((args.frames, args.size, args.size, 3), dtype=np.uint8)
     out.fill(0)                                          # touch the pages: they are resident now
-    baseline = status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:        # reset VmHWM to the current RSS
-        f.write("5")
+    baseline = start_peak()
     start = time.perf_counter()
     vae.decode_to_uint8(z, out=out, chunk=args.chunk, tile=args.tile or None)
     seconds = time.perf_counter() - start
-    return {"working_mib": (status_kib("VmHWM") - baseline) / 1024, "seconds": seconds}
+    return {"working_mib": working_mib(baseline), "seconds": seconds}
 
 
 def measure(args, tile: int) -> dict:
