@@ -13,8 +13,9 @@ headline::
 
 Usage::
 
-    python benchmarks/train_step_profile.py                        # (16, 3, 8, 32, 32): the demo's batch
-    python benchmarks/train_step_profile.py --frames 16            # the shipped model's clips
+    python benchmarks/train_step_profile.py                        # (8, 3, 6, 32, 32): the demo's batch
+    python benchmarks/train_step_profile.py --batch 16 --frames 8  # the demo's batch before 2026-12-06
+    python benchmarks/train_step_profile.py --batch 16 --frames 16 # the shipped model's
     python benchmarks/train_step_profile.py --no-tune-malloc       # glibc malloc left as it is
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from vidiff.apps.demo import DEMO_CONFIG
 from vidiff.conditioning import Conditioning
 from vidiff.models.flops import count_flops
 from vidiff.models.registry import build_from_config, resolve_config
@@ -72,8 +74,8 @@ def _timed(fn) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="unet-demo")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--batch", type=int, default=DEMO_CONFIG["train"]["batch_size"])
+    p.add_argument("--frames", type=int, default=DEMO_CONFIG["data"]["frames"])
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=12)
