@@ -1,9 +1,19 @@
 """Shared test fixtures."""
+import os
+
 import pytest
 import torch
 
 from vidiff.train.config import load_run_config
 from vidiff.train.run import train
+
+# Under pytest-xdist (`-n N`) each worker process gets an equal share of the cores, and so do
+# the processes it starts: N workers at full width would each run as many threads as there
+# are cores and spend the time waiting on one another.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    torch.set_num_threads(_share)
+    os.environ["OMP_NUM_THREADS"] = str(_share)
 
 
 @pytest.fixture(scope="module")
