@@ -59,11 +59,14 @@ def test_patch_stem_keeps_output_size_and_residual_shapes():
 
 def test_tiny_demo_run(tmp_path, capsys):
     from vidiff.apps.demo import run_demo
+    # a 2-step warm-up: the demo times those 2 real steps, plans again (capped at 3) and goes on
     report = run_demo(str(tmp_path / "demo"), ["model.size=unet-tiny", "train.steps=3", "data.frames=4",
-                                               "sample.steps=2", "text.dim=32", "text.depth=1"],
+                                               "train.warmup_steps=2", "sample.steps=2", "text.dim=32",
+                                               "text.depth=1"],
                       samples=1, progress=False)
     saved = json.loads((tmp_path / "demo" / "adherence.json").read_text())
     assert saved["seen"]["count"] == 84 - len(DEMO_HELD_OUT) == report["seen"]["count"]
     assert saved["train_steps"] == 3
     assert Video.load(tmp_path / "demo" / "held_out.mp4").num_frames == 4
-    assert "adherence" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the first 2 steps took" in out and "3 steps in all" in out and "adherence" in out

@@ -206,8 +206,28 @@ def test_set_total_steps_replans_the_schedule(tmp_path):
     trainer.fit()
     assert trainer.step == 5
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.cfg.lr * trainer.cfg.min_lr_ratio)
-    with pytest.raises(ValueError, match="before training"):
+    with pytest.raises(ValueError, match="within the LR warm-up"):
         trainer.set_total_steps(8)
+
+
+def test_set_total_steps_within_the_warm_up_follows_the_replanned_schedule(tmp_path):
+    """Re-planning at step 3 of a 4-step warm-up gives, step for step, the learning rates of
+    a run planned with the new total from the start; past the warm-up it is refused."""
+    from vidiff.train.trainer import lr_factor
+    trainer = build_trainer(tiny_config(tmp_path / "r", "train.steps=100", "train.warmup_steps=4"),
+                            progress=False)
+    rates = []
+    trainer.fit(until=3)
+    with pytest.raises(ValueError, match="must be >= 3"):
+        trainer.set_total_steps(2)
+    trainer.set_total_steps(9)
+    while trainer.step < 9:
+        rates.append(trainer.train_step()["lr"])
+    expected = [trainer.cfg.lr * lr_factor(s, 4, 9, "cosine", trainer.cfg.min_lr_ratio) for s in range(4, 10)]
+    assert rates == pytest.approx(expected)
+    assert rates[-1] == pytest.approx(trainer.cfg.lr * trainer.cfg.min_lr_ratio)
+    with pytest.raises(ValueError, match="this run is at step 9"):
+        trainer.set_total_steps(20)
 
 
 MALLOC_PROBE = """

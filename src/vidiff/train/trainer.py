@@ -186,14 +186,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def set_total_steps(self, steps: int) -> None:
-        """Plan ``steps`` steps instead of ``train.steps`` (before training starts): the LR
-        schedule is rebuilt to span them. For a run whose length follows a time budget."""
-        if self.step != 0:
-            raise ValueError(f"set_total_steps must come before training starts (at step {self.step})")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        """Plan ``steps`` steps instead of ``train.steps``: the LR schedule spans them. For a
+        run whose length follows a time budget.
+
+        Allowed before training starts and, after that, until the LR warm-up ends: the
+        warm-up's rates do not depend on the total, so a run re-planned there (from step
+        times measured on its first real steps) follows exactly the schedule it would have
+        had if planned with that total from the start."""
+        warmup = self.cfg.warmup_steps
+        if self.step > 0 and self.step > warmup:
+            raise ValueError(f"set_total_steps must come before training starts or within the LR "
+                             f"warm-up (steps 0-{warmup}); this run is at step {self.step}")
+        if steps < max(1, self.step):
+            raise ValueError(f"steps must be >= {max(1, self.step)} (the steps already trained, "
+                             f"at least 1), got {steps}")
         self.cfg.steps = int(steps)
-        self.scheduler = self._make_scheduler()
+        if self.step == 0:
+            self.scheduler = self._make_scheduler()
+        # Mid-warm-up the scheduler is kept: its lambda reads ``cfg.steps`` at every step.
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         train = self.cfg
