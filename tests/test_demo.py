@@ -59,14 +59,15 @@ def test_patch_stem_keeps_output_size_and_residual_shapes():
 
 def test_tiny_demo_run(tmp_path, capsys):
     from vidiff.apps.demo import run_demo
-    # a 2-step warm-up: the demo times those 2 real steps, plans again (capped at 3) and goes on
-    report = run_demo(str(tmp_path / "demo"), ["model.size=unet-tiny", "train.steps=3", "data.frames=4",
-                                               "train.warmup_steps=2", "sample.steps=2", "text.dim=32",
+    # a 4-step warm-up: the demo trains steps 1-4 (the probe is cut to the warm-up; 1-2
+    # untimed, 3-4 timed), plans again (capped at 5 by train.steps) and goes on
+    report = run_demo(str(tmp_path / "demo"), ["model.size=unet-tiny", "train.steps=5", "data.frames=4",
+                                               "train.warmup_steps=4", "sample.steps=2", "text.dim=32",
                                                "text.depth=1"],
                       samples=1, progress=False)
     saved = json.loads((tmp_path / "demo" / "adherence.json").read_text())
     assert saved["seen"]["count"] == 84 - len(DEMO_HELD_OUT) == report["seen"]["count"]
-    assert saved["train_steps"] == 3
+    assert saved["train_steps"] == 5
     assert Video.load(tmp_path / "demo" / "held_out.mp4").num_frames == 4
     out = capsys.readouterr().out
-    assert "the first 2 steps took" in out and "3 steps in all" in out and "adherence" in out
+    assert "steps 3-4 took" in out and "5 steps in all" in out and "adherence" in out
