@@ -16,8 +16,9 @@ from vidiff.train.run import train
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train a small text-to-video model on MovingShapes and score it",
                        description="Trains a small text-to-video model on the built-in MovingShapes "
-                                   "data (about 12 minutes on 2 CPU cores), writes samples of "
-                                   "held-out prompts and prints its prompt adherence.")
+                                   "data (planned from this machine's measured speed to finish within "
+                                   "14 minutes), writes samples of held-out prompts and prints its "
+                                   "prompt adherence.")
     p.add_argument("--out", type=output_dir, default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="samples per triple when scoring (default 1; the held-out ones make the grid)")
