@@ -106,10 +106,15 @@ def run_demo(out_dir: str = "runs/demo", overrides: Optional[list[str]] = None, 
     scoring = 1.15 * clips * per_clip                        # + detection and writing
     left = budget_minutes - (time.perf_counter() - started) / 60 - scoring / 60 - SAFETY_MINUTES
     cap = min(run.train.max_minutes or float("inf"), max(left, 0.5))
+
+    def plan(minutes: float, seconds_per_step: float, margin: float, done: int = 0) -> int:
+        """Steps in all: ``done`` plus as many as ``minutes`` allow, within ``train.steps``."""
+        return max(done, 1, min(run.train.steps, done + int(60 * minutes / (margin * seconds_per_step))))
+
     # Plan as many steps as the time allows (the LR schedule spans them) from one timed
     # forward+backward; a real step also draws its batch and updates the optimizer and the
     # EMA, hence the wide margin. The time cap stops a run that turns out slower than planned.
-    trainer.set_total_steps(max(1, min(run.train.steps, int(60 * cap / (1.25 * per_step)))))
+    trainer.set_total_steps(plan(cap, per_step, 1.25))
     trainer.cfg.max_minutes = cap
     print(f"training a text-to-video model on MovingShapes ({run.model.size}, about "
           f"{trainer.cfg.steps} steps, at most {cap:.1f} minutes; scoring will take about "
@@ -128,7 +133,7 @@ def run_demo(out_dir: str = "runs/demo", overrides: Optional[list[str]] = None, 
         trainer.fit(until=probe)
         real = (time.perf_counter() - timed_start) / (probe - skip)
         cap -= (time.perf_counter() - probe_start) / 60
-        trainer.set_total_steps(max(probe, min(run.train.steps, probe + int(60 * cap / (PLAN_MARGIN * real)))))
+        trainer.set_total_steps(plan(cap, real, PLAN_MARGIN, done=probe))
         trainer.cfg.max_minutes = max(cap, 0.1)
         print(f"\nsteps {skip + 1}-{probe} took {real:.2f} s each: {trainer.cfg.steps} steps in all")
     trainer.fit()

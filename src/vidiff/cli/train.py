@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from vidiff.apps.demo import run_demo
+from vidiff.apps.demo import TOTAL_MINUTES, run_demo
 from vidiff.cli.common import existing_path, output_dir, positive_int
 from vidiff.pipelines.samples import write_samples
 from vidiff.train.config import load_run_config, resume_config
@@ -17,8 +17,8 @@ def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train a small text-to-video model on MovingShapes and score it",
                        description="Trains a small text-to-video model on the built-in MovingShapes "
                                    "data (planned from this machine's measured speed to finish within "
-                                   "14 minutes), writes samples of held-out prompts and prints its "
-                                   "prompt adherence.")
+                                   f"{TOTAL_MINUTES:g} minutes), writes samples of held-out prompts and "
+                                   "prints its prompt adherence.")
     p.add_argument("--out", type=output_dir, default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="samples per triple when scoring (default 1; the held-out ones make the grid)")

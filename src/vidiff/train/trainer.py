@@ -194,16 +194,15 @@ class Trainer:
         times measured on its first real steps) follows exactly the schedule it would have
         had if planned with that total from the start."""
         warmup = self.cfg.warmup_steps
-        if self.step > 0 and self.step > warmup:
+        if self.step > warmup:
             raise ValueError(f"set_total_steps must come before training starts or within the LR "
                              f"warm-up (steps 0-{warmup}); this run is at step {self.step}")
         if steps < max(1, self.step):
             raise ValueError(f"steps must be >= {max(1, self.step)} (the steps already trained, "
                              f"at least 1), got {steps}")
+        # The scheduler stays: its lambda reads ``cfg.steps`` at every step, and the rates it
+        # has given so far (the warm-up's) are the same for any total.
         self.cfg.steps = int(steps)
-        if self.step == 0:
-            self.scheduler = self._make_scheduler()
-        # Mid-warm-up the scheduler is kept: its lambda reads ``cfg.steps`` at every step.
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         train = self.cfg
