@@ -105,10 +105,15 @@ def rotary_cos_sin_3d(frames: int, height: int, width: int, dim: int,
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x (B, heads, L, dim)`` by tables ``(L, dim)`` (rotate-half convention)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    """Rotate ``x (B, heads, L, dim)`` by tables ``(L, dim)`` (rotate-half convention).
+
+    The tables broadcast against ``x``: ``(L, 1, dim)`` rotates ``x (B, L, heads, dim)``.
+    """
+    half = x.shape[-1] // 2
+    # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: the sign moves to the table,
+    # which saves a pass over x (and one in backward).
+    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).to(x.dtype)
+    return torch.addcmul(x * cos.to(x.dtype), x.roll(half, dims=-1), signed_sin)
 
 
 #################################################################################
@@ -227,12 +232,16 @@ class Attention(nn.Module):
         # layout: (B, T, H, W) of the video token grid x comes from (for processors only)
         B, L, _ = x.shape
         source = x if context is None else context
-        q = self.to_q(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)       # (B', h, L, d)
+        # Norms and rotary act in the projections' own (B', L, h, d) layout and the kernel gets
+        # transposed views: no copy of q, k or v (SDPA takes strided inputs).
+        q = self.to_q(x).view(B, L, self.heads, self.head_dim)                       # (B', L, h, d)
         k, v = self.to_kv(source).view(B, source.shape[1], 2, self.heads,
-                                       self.head_dim).permute(2, 0, 3, 1, 4)         # 2 x (B', h, S, d)
+                                       self.head_dim).unbind(2)                      # 2 x (B', S, h, d)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:  # positions only make sense for self-attention
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            cos, sin = rope[0][:, None], rope[1][:, None]                             # (L, 1, d) each
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)             # (B', h, L|S, d)
         mask = None
         if context_mask is not None:
             mask = context_mask[:, None, None, :].to(torch.bool)                      # (B', 1, 1, S)
