@@ -70,23 +70,6 @@ def test_diffusion_loss_is_weighted_mse():
         float(0.25 * w.mean()), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", SCHEDULES)
-@pytest.mark.parametrize("kind", PARAMETERIZATIONS)
-def test_x0_weighting_is_the_error_of_the_implied_x0(name, kind):
-    # Whatever the network predicts, the "x0" weighting makes its loss the mean-squared error
-    # of the x0 estimate that prediction implies.
-    schedule = Schedule.from_name(name)
-    g = torch.Generator().manual_seed(1)
-    x0, noise = (torch.randn(6, 3, 2, 4, 4, dtype=torch.float64, generator=g) for _ in range(2))
-    t = torch.linspace(0.05, 0.95, 6, dtype=torch.float64)
-    x_t = schedule.add_noise(x0, noise, t)
-    pred = prediction_target(kind, x0, noise, t, schedule) + 0.3 * torch.randn(
-        x0.shape, dtype=torch.float64, generator=g)
-    x0_error = (prediction_to_x0(kind, pred, x_t, t, schedule) - x0).pow(2).flatten(1).mean(1)
-    loss = diffusion_loss(pred, x0, noise, t, schedule, kind, "x0")
-    assert float(loss) == pytest.approx(float(x0_error.mean()), rel=1e-5)
-
-
 def test_bad_names():
     s = Schedule.from_name("flow")
     x = torch.zeros(1, 2)

@@ -19,7 +19,7 @@ from torch import Tensor
 from vidiff.diffusion.schedule import Schedule, broadcast
 
 PARAMETERIZATIONS = ("eps", "v", "x0", "flow")
-LOSS_WEIGHTINGS = ("uniform", "min_snr", "x0")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
 # Training-time distributions the run config accepts; the draws themselves are per-sample
 # streams of the trainer (``vidiff.train.objective.SampleDraws.times``).
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
@@ -105,18 +105,12 @@ def loss_weight(kind: str, t: Tensor, schedule: Schedule, weighting: str = "unif
       weighted by ``min(SNR, gamma)``, then expressed in the parameterization's own units,
       i.e. ``min(SNR, gamma) * c(t)^2`` with ``c`` the factor from prediction to ``x0``
       error (for eps this is ``min(SNR, gamma) / SNR``, for VP-v ``min(SNR, gamma) / (SNR + 1)``).
-    * ``"x0"``: ``c(t)^2``, the loss measured in ``x0`` units whatever the network predicts, so
-      training spends its effort over ``t`` as an x0-predicting network's uniform loss does.
-      With ``"v"`` this keeps that recipe's balance while ``x0_hat = alpha x_t - sigma v``
-      passes ``x_t`` through at low noise, where an x0-predicting network has to rebuild it.
     """
     _check_kind(kind)
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss weighting {weighting!r}; accepted: {list(LOSS_WEIGHTINGS)}")
     if weighting == "uniform":
         return torch.ones_like(t, dtype=torch.float32)
-    if weighting == "x0":
-        return (_x0_error_scale(kind, t, schedule) ** 2).to(torch.float32)
     if not gamma > 0:
         raise ValueError(f"min_snr gamma must be > 0, got {gamma}")
     snr = schedule.log_snr(t.to(torch.float64)).exp()
