@@ -92,6 +92,7 @@ class ControlNet(nn.Module):
         if isinstance(backbone, UNet3D):
             # Only the encoder and middle block are copied: the decoder would go unused.
             backbone.up, backbone.norm_out, backbone.conv_out = nn.ModuleList(), None, None
+            backbone.pixel_head = None
             p = backbone.config.patch
             self.hint = nn.Sequential(
                 nn.Conv2d(c_in * p * p, cfg.hint_channels, 3, padding=1), nn.SiLU(),

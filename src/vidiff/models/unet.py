@@ -89,6 +89,7 @@ class UNetConfig:
     reference_encoder_path: Optional[str] = None   # clip: a local CLIP vision model folder
     reference_encoder_dtype: str = "float32"  # clip: its parameter dtype
     patch: int = 1                            # space-to-depth stem: compute at H/patch x W/patch
+    pixel_head: int = 0                       # > 0 (patch > 1): width of a full-resolution output head
     conv3d: bool = False                      # full k x 3 x 3 convs instead of pseudo-3D
     temporal_kernel: int = 3
     norm_groups: int = 32
@@ -106,6 +107,9 @@ class UNetConfig:
              f"in_channels/out_channels must be positive, got {self.in_channels}/{self.out_channels}"),
             (self.blocks_per_level >= 1, f"blocks_per_level must be >= 1, got {self.blocks_per_level}"),
             (self.patch >= 1, f"patch must be >= 1, got {self.patch}"),
+            (self.pixel_head >= 0, f"pixel_head must be >= 0 (0: none), got {self.pixel_head}"),
+            (not self.pixel_head or self.patch > 1, "pixel_head needs patch > 1: without a "
+                                                    "space-to-depth stem the network is full resolution"),
             (self.temporal_kernel >= 1 and self.temporal_kernel % 2 == 1,
              f"temporal_kernel must be odd and >= 1, got {self.temporal_kernel}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
@@ -196,6 +200,7 @@ class _Context:
     text: Optional[Tensor]               # (B, S, context_dim)
     text_mask: Optional[Tensor]          # (B, S) bool
     rope: dict                           # head width -> (cos, sin) each (T, head width)
+    pixels: Optional[Tensor] = None      # (B*T, C_in', H, W): the input at full resolution
 
 
 #################################################################################
@@ -357,6 +362,33 @@ class Resample(nn.Module):
         return self.conv(h)                                                      # (B*T, C, H', W')
 
 
+class PixelHead(nn.Module):
+    """A full-resolution correction after a space-to-depth stem.
+
+    ``(B*T, C_in', H, W)`` input pixels and the coarse prediction ``(B*T, C_out, H, W)`` ->
+    the prediction plus a correction from two 3x3 convs at full resolution (FiLM by the
+    condition embedding between them, so the head knows the noise level). A network on a
+    ``p x p`` stem rebuilds each block from coarse features: at low noise, where the answer is
+    nearly its input, it blurs what it is given. The head sees the input pixels themselves.
+    Its last conv starts at zero: a trained network gains the head without changing.
+    """
+
+    def __init__(self, c_in: int, c_out: int, width: int, emb_dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in + c_out, width, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * width)
+        self.conv2 = zero_module(nn.Conv2d(width, c_out, 3, padding=1))
+
+    def forward(self, coarse: Tensor, ctx: _Context) -> Tensor:
+        N, _, H, W = coarse.shape
+        x = self.conv1(torch.cat([ctx.pixels.to(coarse.dtype), coarse], 1))     # (B*T, w, H, W)
+        w = x.shape[1]
+        scale, shift = self.film(ctx.emb)[:, :, None, :].chunk(2, -1)          # (B, 1|T, 1, w) each
+        x = _tokens(x).view(ctx.B, ctx.T, H * W, w)                            # (B, T, H*W, w)
+        x = F.silu(torch.addcmul(shift, x, scale + 1))                         # (B, T, H*W, w)
+        return coarse + self.conv2(_frames(x.view(N, H * W, w), H, W))         # (B*T, C_out, H, W)
+
+
 #################################################################################
 #                                    UNet3D                                     #
 #################################################################################
@@ -371,6 +403,10 @@ def _grid_positions(H: int, W: int, device) -> Tensor:
 
 class UNet3D(nn.Module):
     """The spatiotemporal U-Net: ``(x (B, C, T, H, W), t (B,), cond) -> (B, C_out, T, H, W)``."""
+
+    # Parts a checkpoint may lack when it initialises a network that has them (fine-tuning):
+    # each starts as the identity, so the network starts as the checkpoint's function.
+    ADDABLE = ("pixel_head.",)
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -435,6 +471,8 @@ class UNet3D(nn.Module):
                 self.up.append(Resample(c, up=True))
         self.norm_out = nn.GroupNorm(cfg.norm_groups, c)
         self.conv_out = nn.Conv2d(c, cfg.outputs * p2, 3, padding=1)
+        self.pixel_head = PixelHead(cfg.in_channels + self.cond.extra_channels, cfg.outputs,
+                                    cfg.pixel_head, emb_dim) if cfg.pixel_head else None
         # Head widths of temporal attention: one rotary table each per forward.
         self.rope_dims = sorted({m.attn_t.head_dim for m in self.modules()
                                  if isinstance(m, AttentionBlock) and m.attn_t is not None})
@@ -507,8 +545,9 @@ class UNet3D(nn.Module):
             f = self.frame_cond["frame"](frames.float())[None].expand(B, -1, -1)  # (B, T, E)
             mixed = self.frame_cond["mix"](torch.cat([emb.expand(-1, T, -1), f], -1))
             emb = emb + mixed                                                   # (B, T, E)
-        ctx = _Context(B, T, F.silu(emb), text, text_mask, rope)
         h = _from_video(self.cond.input(x, cond))                               # (B*T, C_in', H, W)
+        ctx = _Context(B, T, F.silu(emb), text, text_mask, rope,
+                       h if self.pixel_head is not None else None)
         if self.config.patch > 1:
             h = F.pixel_unshuffle(h, self.config.patch)                         # (B*T, C_in' p^2, H/p, W/p)
         h = self.conv_in(h)                                                     # (B*T, C0, H/p, W/p)
@@ -559,6 +598,8 @@ class UNet3D(nn.Module):
         h = self.conv_out(F.silu(self.norm_out(h)))                             # (B*T, C_out p^2, H/p, W/p)
         if self.config.patch > 1:
             h = F.pixel_shuffle(h, self.config.patch)                           # (B*T, C_out, H, W)
+        if self.pixel_head is not None:
+            h = self.pixel_head(h, ctx)                                         # (B*T, C_out, H, W)
         return _to_video(h, ctx.B).contiguous()                                 # (B, C_out, T, H, W)
 
 

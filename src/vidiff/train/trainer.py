@@ -29,6 +29,7 @@ from vidiff.checkpoint import (
 from vidiff.data import BucketPlan
 from vidiff.models.condition import ConditionEmbedder
 from vidiff.models.pretrained import frozen_prefixes
+from vidiff.models.unet import UNet3D
 from vidiff.data import collate as default_collate
 from vidiff.train.ema import EMA
 from vidiff.train.objective import SampleDraws
@@ -237,7 +238,7 @@ class Trainer:
         state = grow_input_channels(read_weights(path, ema=ema), self.objective.state_dict())
         missing, unexpected = self.objective.load_state_dict(state, strict=False)
         trainable = {n for n, p in self.objective.named_parameters() if p.requires_grad}
-        added = tuple(f"cond.{name}." for name in ConditionEmbedder.ADDABLE)
+        added = tuple(f"cond.{name}." for name in ConditionEmbedder.ADDABLE) + UNet3D.ADDABLE
         missing = [m for m in missing if m in trainable and not any(a in m for a in added)]
         if missing or unexpected:
             raise ValueError(f"checkpoint {str(path)!r} does not match this model: missing "
