@@ -230,6 +230,18 @@ def test_set_total_steps_within_the_warm_up_follows_the_replanned_schedule(tmp_p
         trainer.set_total_steps(20)
 
 
+def test_trainable_prefixes_train_only_those_parameters(tmp_path):
+    """train.trainable: the named parameters move, every other one keeps its value; a
+    prefix that names nothing is refused with the names there are."""
+    trainer = build_trainer(tiny_config(tmp_path / "r", "train.trainable=[network.conv_out.]"), progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.objective.named_parameters()}
+    trainer.fit(until=3)
+    moved = {n for n, p in trainer.objective.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"network.conv_out.weight", "network.conv_out.bias"}
+    with pytest.raises(ValueError, match=r"no trainable parameter starts with \['network.nothing.'\].*named like"):
+        build_trainer(tiny_config(tmp_path / "s", "train.trainable=[network.nothing.]"), progress=False)
+
+
 MALLOC_PROBE = """
 import resource, torch
 from vidiff.train.trainer import keep_freed_memory

@@ -112,6 +112,7 @@ class TrainConfig:
     keep_last: int = 2
     out_dir: str = "runs/vidiff"
     init_from: Optional[str] = None
+    trainable: list[str] = field(default_factory=list)  # parameter-name prefixes that train; [] = all
     max_minutes: float = 0.0            # > 0: stop (with a checkpoint) after this wall time
 
     def __post_init__(self):
@@ -130,6 +131,8 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.max_minutes >= 0, f"train.max_minutes must be >= 0, got {self.max_minutes}"),
             (self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (all(isinstance(p, str) and p for p in self.trainable),
+             f"train.trainable must list parameter-name prefixes, got {self.trainable!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -165,6 +165,7 @@ class Trainer:
                              f"= {self.dist.world} x {train.grad_accum}")
         self.micro_batch = per_step // (self.dist.world * train.grad_accum)
         self.objective = objective.to(self.dist.device)
+        self._frozen = self._freeze(train.trainable)
         self.model = self._wrap(self.objective)
         # An objective with several models (an autoencoder and its discriminator) gives one
         # parameter group each; otherwise every trainable parameter is one group.
@@ -226,6 +227,22 @@ class Trainer:
             getattr(module, "network", module).compile(backend=self.cfg.compile_backend)
         return wrapped
 
+    def _freeze(self, prefixes: list[str]) -> set[str]:
+        """Freeze every parameter whose name starts with none of ``prefixes`` (``train.trainable``;
+        empty: all train). Returns the names frozen here."""
+        if not prefixes:
+            return set()
+        names = [n for n, p in self.objective.named_parameters() if p.requires_grad]
+        unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+        if unmatched:
+            raise ValueError(f"train.trainable: no trainable parameter starts with {unmatched}; "
+                             f"the parameters are named like {names[:3]}")
+        frozen = {n for n in names if not n.startswith(tuple(prefixes))}
+        for n, p in self.objective.named_parameters():
+            if n in frozen:
+                p.requires_grad_(False)
+        return frozen
+
     def load_weights(self, path, ema: bool = False) -> None:
         """Initialise from a checkpoint's weights (fine-tuning: ``train.init_from``).
 
@@ -237,7 +254,9 @@ class Trainer:
         """
         state = grow_input_channels(read_weights(path, ema=ema), self.objective.state_dict())
         missing, unexpected = self.objective.load_state_dict(state, strict=False)
-        trainable = {n for n, p in self.objective.named_parameters() if p.requires_grad}
+        # Frozen pretrained parts (a CLIP encoder) may be absent; parts frozen by
+        # train.trainable are this model's own and must come from the checkpoint.
+        trainable = {n for n, p in self.objective.named_parameters() if p.requires_grad} | self._frozen
         added = tuple(f"cond.{name}." for name in ConditionEmbedder.ADDABLE) + UNet3D.ADDABLE
         missing = [m for m in missing if m in trainable and not any(a in m for a in added)]
         if missing or unexpected:
