@@ -238,6 +238,9 @@ def test_trainable_prefixes_train_only_those_parameters(tmp_path):
     trainer.fit(until=3)
     moved = {n for n, p in trainer.objective.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {"network.conv_out.weight", "network.conv_out.bias"}
+    # The checkpoint holds the frozen parameters too (they are this model's own): it reloads.
+    saved = weights(trainer.save(), ema=True)
+    assert set(saved) >= set(before) and torch.equal(saved["network.conv_in.weight"], before["network.conv_in.weight"])
     with pytest.raises(ValueError, match=r"no trainable parameter starts with \['network.nothing.'\].*named like"):
         build_trainer(tiny_config(tmp_path / "s", "train.trainable=[network.nothing.]"), progress=False)
 

@@ -445,7 +445,7 @@ class Trainer:
                 full_state_dict=True, cpu_offload=True))
         else:
             state = self.objective.state_dict()
-        keep = _trainable_filter(self.objective)
+        keep = _trainable_filter(self.objective, frozenset(self._frozen))
         return {k: _full(v) for k, v in state.items() if keep(k)}
 
     def optimizer_state(self) -> dict:
@@ -459,7 +459,7 @@ class Trainer:
         if self.ema is None:
             return None
         full = self.ema.state_dict(self.objective)
-        keep = _trainable_filter(self.objective)
+        keep = _trainable_filter(self.objective, frozenset(self._frozen))
         return {k: _full(v) for k, v in full.items() if keep(k)}
 
     def save(self) -> Optional[Path]:
@@ -515,11 +515,12 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.detach().cpu()
 
 
-def _trainable_filter(module: nn.Module):
-    """``keep(key)``: True for parameters that train and for buffers outside frozen pretrained
+def _trainable_filter(module: nn.Module, held: frozenset = frozenset()):
+    """``keep(key)``: True for parameters that train or are ``held`` (frozen by
+    ``train.trainable``, but this model's own), and for buffers outside frozen pretrained
     models (a CLIP/T5 text encoder, a CLIP vision reference encoder: they are recorded by their
     folder, not stored); the tables are built once per save, not once per key."""
-    trains = {name: p.requires_grad for name, p in module.named_parameters()}
+    trains = {name: p.requires_grad or name in held for name, p in module.named_parameters()}
     frozen = frozen_prefixes(module)
 
     def keep(key: str) -> bool:
