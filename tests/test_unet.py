@@ -139,7 +139,7 @@ def test_residual_shapes_follow_the_skips():
 
 
 # --------------------------------------------------------------------------- pixel head
-def test_pixel_head_starts_as_the_identity_and_is_refused_without_a_stem():
+def test_pixel_head_starts_as_the_identity():
     # A trained network gains the head without changing its function (the head's last conv
     # starts at zero, the checkpoint lacks only the head's weights, which init_from allows).
     plain, headed = make(patch=2), make(patch=2, pixel_head=8)
@@ -150,8 +150,8 @@ def test_pixel_head_starts_as_the_identity_and_is_refused_without_a_stem():
         assert torch.equal(headed(x, t), plain(x, t))
         perturb(headed, lambda n: n.startswith("pixel_head.conv2"), scale=0.5)
         assert not torch.allclose(headed(x, t), plain(x, t), atol=1e-4)
-    with pytest.raises(ConfigError, match="pixel_head needs patch > 1"):
-        UNetConfig(pixel_head=8)
+    with pytest.raises(ConfigError, match="pixel_head must be >= 0"):
+        UNetConfig(pixel_head=-1)
 
 
 def test_pixel_head_gives_back_full_resolution_detail_a_stem_blurs():

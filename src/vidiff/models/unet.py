@@ -89,7 +89,7 @@ class UNetConfig:
     reference_encoder_path: Optional[str] = None   # clip: a local CLIP vision model folder
     reference_encoder_dtype: str = "float32"  # clip: its parameter dtype
     patch: int = 1                            # space-to-depth stem: compute at H/patch x W/patch
-    pixel_head: int = 0                       # > 0 (patch > 1): width of a full-resolution output head
+    pixel_head: int = 0                       # > 0: width of a full-resolution output head (for patch > 1)
     conv3d: bool = False                      # full k x 3 x 3 convs instead of pseudo-3D
     temporal_kernel: int = 3
     norm_groups: int = 32
@@ -108,8 +108,6 @@ class UNetConfig:
             (self.blocks_per_level >= 1, f"blocks_per_level must be >= 1, got {self.blocks_per_level}"),
             (self.patch >= 1, f"patch must be >= 1, got {self.patch}"),
             (self.pixel_head >= 0, f"pixel_head must be >= 0 (0: none), got {self.pixel_head}"),
-            (not self.pixel_head or self.patch > 1, "pixel_head needs patch > 1: without a "
-                                                    "space-to-depth stem the network is full resolution"),
             (self.temporal_kernel >= 1 and self.temporal_kernel % 2 == 1,
              f"temporal_kernel must be odd and >= 1, got {self.temporal_kernel}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
