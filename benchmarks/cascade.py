@@ -42,7 +42,7 @@ def told(pipe, text: str) -> dict:
     return {"prompt": text} if pipe.text_encoder is not None else {}
 
 
-def photopan_clips(n: int, size: int = 64, frames: int = 16) -> list[torch.Tensor]:
+def photopan_clips(n: int, size: int = 64, frames: int = 16) -> list[tuple[str, torch.Tensor]]:
     data = build_dataset({"name": "photopan", "frames": frames, "size": size})
     return [(item["caption"], item["video"]) for item in (data[1_000_000 + i] for i in range(n))]
 

@@ -404,7 +404,7 @@ class UNet3D(nn.Module):
 
     # Parts a checkpoint may lack when it initialises a network that has them (fine-tuning):
     # each starts as the identity, so the network starts as the checkpoint's function.
-    ADDABLE = ("pixel_head.",)
+    ADDABLE = ("pixel_head",)
 
     def __init__(self, config: UNetConfig):
         super().__init__()

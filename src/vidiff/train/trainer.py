@@ -27,9 +27,7 @@ from vidiff.checkpoint import (
     save_checkpoint,
 )
 from vidiff.data import BucketPlan
-from vidiff.models.condition import ConditionEmbedder
 from vidiff.models.pretrained import frozen_prefixes
-from vidiff.models.unet import UNet3D
 from vidiff.data import collate as default_collate
 from vidiff.train.ema import EMA
 from vidiff.train.objective import SampleDraws
@@ -227,20 +225,19 @@ class Trainer:
             getattr(module, "network", module).compile(backend=self.cfg.compile_backend)
         return wrapped
 
-    def _freeze(self, prefixes: list[str]) -> set[str]:
+    def _freeze(self, prefixes: list[str]) -> frozenset[str]:
         """Freeze every parameter whose name starts with none of ``prefixes`` (``train.trainable``;
         empty: all train). Returns the names frozen here."""
         if not prefixes:
-            return set()
-        names = [n for n, p in self.objective.named_parameters() if p.requires_grad]
-        unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+            return frozenset()
+        params = {n: p for n, p in self.objective.named_parameters() if p.requires_grad}
+        unmatched = [p for p in prefixes if not any(n.startswith(p) for n in params)]
         if unmatched:
             raise ValueError(f"train.trainable: no trainable parameter starts with {unmatched}; "
-                             f"the parameters are named like {names[:3]}")
-        frozen = {n for n in names if not n.startswith(tuple(prefixes))}
-        for n, p in self.objective.named_parameters():
-            if n in frozen:
-                p.requires_grad_(False)
+                             f"the parameters are named like {list(params)[:3]}")
+        frozen = frozenset(n for n in params if not n.startswith(tuple(prefixes)))
+        for n in frozen:
+            params[n].requires_grad_(False)
         return frozen
 
     def load_weights(self, path, ema: bool = False) -> None:
@@ -257,8 +254,8 @@ class Trainer:
         # Frozen pretrained parts (a CLIP encoder) may be absent; parts frozen by
         # train.trainable are this model's own and must come from the checkpoint.
         trainable = {n for n, p in self.objective.named_parameters() if p.requires_grad} | self._frozen
-        added = tuple(f"cond.{name}." for name in ConditionEmbedder.ADDABLE) + UNet3D.ADDABLE
-        missing = [m for m in missing if m in trainable and not any(a in m for a in added)]
+        added = _addable_prefixes(self.objective)
+        missing = [m for m in missing if m in trainable and not m.startswith(added)]
         if missing or unexpected:
             raise ValueError(f"checkpoint {str(path)!r} does not match this model: missing "
                              f"{missing[:5]}, unexpected {list(unexpected)[:5]}")
@@ -445,7 +442,7 @@ class Trainer:
                 full_state_dict=True, cpu_offload=True))
         else:
             state = self.objective.state_dict()
-        keep = _trainable_filter(self.objective, frozenset(self._frozen))
+        keep = _trainable_filter(self.objective, self._frozen)
         return {k: _full(v) for k, v in state.items() if keep(k)}
 
     def optimizer_state(self) -> dict:
@@ -459,7 +456,7 @@ class Trainer:
         if self.ema is None:
             return None
         full = self.ema.state_dict(self.objective)
-        keep = _trainable_filter(self.objective, frozenset(self._frozen))
+        keep = _trainable_filter(self.objective, self._frozen)
         return {k: _full(v) for k, v in full.items() if keep(k)}
 
     def save(self) -> Optional[Path]:
@@ -513,6 +510,14 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     if hasattr(value, "full_tensor"):
         value = value.full_tensor()
     return value.detach().cpu()
+
+
+def _addable_prefixes(module: nn.Module) -> tuple[str, ...]:
+    """Parameter-name prefixes a checkpoint may lack when it initialises ``module``: the parts
+    each submodule's class lists in ``ADDABLE`` (ConditionEmbedder's optional embedders,
+    UNet3D's pixel head), which start as the identity."""
+    return tuple(f"{name}.{part}." if name else f"{part}."
+                 for name, m in module.named_modules() for part in getattr(m, "ADDABLE", ()))
 
 
 def _trainable_filter(module: nn.Module, held: frozenset = frozenset()):
