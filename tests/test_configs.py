@@ -15,7 +15,7 @@ import torch
 
 import vidiff
 from vidiff.checkpoint import read_config, resolve_checkpoint
-from vidiff.compose import RunConfig, load_autoencoder
+from vidiff.compose import DiffusionConfig, RunConfig, load_autoencoder
 from vidiff.config import from_dict, load_file, to_dict
 from vidiff.models.registry import architecture_of, resolve_config
 from vidiff.train.config import load_run_config
@@ -203,9 +203,8 @@ def test_latent_config_chains_to_its_autoencoder(path):
 # reference pathway, whose encoder starts fresh and acts only where a reference is given).
 GROWABLE = {"known_frames", "known_in_place", "frame_stride", "low_res"}
 ADDABLE = {"reference_tokens", "pixel_head"}
-# How training draws and weighs diffusion times: a later stage may spend its steps elsewhere
-# in t (what each t means, the schedule, stays).
-TRAINING_TIMES = ("loss_weighting", "min_snr_gamma", "time_distribution", "logit_mean", "logit_std")
+# How training draws and weighs diffusion times (DiffusionConfig.TRAINING_TIME_FIELDS): a later
+# stage may spend its steps elsewhere in t (what each t means, the schedule, stays).
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if load_run_config(str(p)).train.init_from],
@@ -217,7 +216,7 @@ def test_staged_config_continues_its_earlier_stage(path):
     later = load_run_config(str(path))
     earlier = load_run_config(str(stage_config_for(later)))
     assert to_dict(later.text) == to_dict(earlier.text), "text"
-    schedule = [{k: v for k, v in to_dict(run.diffusion).items() if k not in TRAINING_TIMES}
+    schedule = [{k: v for k, v in to_dict(run.diffusion).items() if k not in DiffusionConfig.TRAINING_TIME_FIELDS}
                 for run in (later, earlier)]
     assert schedule[0] == schedule[1], "diffusion"
     # The network is the same, except that a later stage may add conditions the earlier one
@@ -238,9 +237,13 @@ def test_config_trains_tiny_and_reloads(path, tiny_run):
     stored = read_config(resolve_checkpoint(out), kind=RUN_KINDS[full.kind].checkpoint_kind, required=("run",))
     assert stored["step"] == STEPS
     recorded = from_dict(RunConfig, stored["run"])
-    if full.kind == "controlnet":      # it records the diffusion and text settings of its base
+    if full.kind == "controlnet":      # it records its base's schedule and text settings, its own times
         base = load_run_config(str(source_config(full.base, "base")))
-        assert (to_dict(recorded.diffusion), recorded.text.kind) == (to_dict(base.diffusion), base.text.kind)
+        for k in DiffusionConfig.SCHEDULE_FIELDS:
+            assert getattr(recorded.diffusion, k) == getattr(base.diffusion, k), k
+        for k in DiffusionConfig.TRAINING_TIME_FIELDS:
+            assert getattr(recorded.diffusion, k) == getattr(full.diffusion, k), k
+        assert recorded.text.kind == base.text.kind
         recorded.diffusion, recorded.text = full.diffusion, full.text
     assert about(recorded) == about(full)
     frames = clip_frames(full)

@@ -9,9 +9,10 @@ import torch
 
 import vidiff
 from test_backbones import TEXT_DIM, one_per_backbone, perturb, text_cond
-from vidiff.compose import load_controlnet, load_denoiser, weights_fingerprint
+from vidiff.checkpoint import read_config, resolve_checkpoint
+from vidiff.compose import DiffusionConfig, load_controlnet, load_denoiser, weights_fingerprint
 from vidiff.conditioning import Conditioning
-from vidiff.config import to_dict
+from vidiff.config import ConfigError, to_dict
 from vidiff.data.control import ControlError, depth, edges, extract, load_extractor, silhouette
 from vidiff.data.shapes import geometry, render, shape_masks
 from vidiff.models.controlnet import ControlledNetwork, ControlNetConfig
@@ -189,6 +190,29 @@ def tiny_controlnet(tmp_path_factory, tiny_model):
     files = {p.name: p.read_bytes() for p in sorted(load_denoiser(tiny_model).path.iterdir()) if p.is_file()}
     train(load_run_config(None, [f"train.out_dir={out}"], base=run), progress=False)
     return out, before, files
+
+
+def test_controlnet_trains_under_its_base_schedule_at_its_own_times(tmp_path, tiny_model):
+    """The schedule and parameterization come from the base (what each t means); how training
+    draws and weighs t comes from the ControlNet's own config, not from the base's last stage.
+    A run naming another parameterization is refused."""
+    times = {"loss_weighting": "uniform", "time_distribution": "logit_normal", "logit_mean": -1.0}
+    run = {"kind": "controlnet", "base": str(tiny_model), "control": "silhouette",
+           "model": {"size": "controlnet", "overrides": {"hint_channels": 8}}, "diffusion": times,
+           "data": {"name": "shapes", "frames": 4, "size": 16},
+           "train": {"steps": 1, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1}}
+    train(load_run_config(None, [f"train.out_dir={tmp_path / 'a'}"], base=run), progress=False)
+    stored = read_config(resolve_checkpoint(tmp_path / "a"), kind="controlnet", required=("run",))["run"]
+    base = load_denoiser(tiny_model, device="cpu").run.diffusion
+    assert {k: stored["diffusion"][k] for k in times} == times
+    assert {k: stored["diffusion"][k] for k in DiffusionConfig.SCHEDULE_FIELDS} == \
+        {k: getattr(base, k) for k in DiffusionConfig.SCHEDULE_FIELDS}
+    other = "x0" if base.parameterization != "x0" else "eps"
+    with pytest.raises(ConfigError, match=f"'parameterization': \\('{other}', '{base.parameterization}'\\).*"
+                                          "under its base's schedule"):
+        train(load_run_config(None, [f"train.out_dir={tmp_path / 'b'}"],
+                              base={**run, "diffusion": {"parameterization": other}}), progress=False)
+    assert not (tmp_path / "b").exists()
 
 
 def test_controlnet_training_moves_only_the_branch(tiny_controlnet, tiny_model):

@@ -23,7 +23,7 @@ from vidiff.pipelines import shipped
 from vidiff.train.config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "shapes-tasks.yaml"         # stage 3 of three
+CONFIG = ROOT / "configs" / "shapes-pixel-head.yaml"    # stage 4 of four
 # The re-measurement: every other seen triple, one sample each, with seeds the recorded
 # evaluation did not use (it drew samples 0..3 from seed 0), so it is a fresh estimate.
 SEEN = [t for t in all_triples() if list(t) not in [list(h) for h in DEMO_HELD_OUT]][::2]
@@ -52,7 +52,7 @@ def test_shapes_is_installed_within_the_budget(package_models, card):
 
 
 def test_shapes_was_trained_by_the_committed_configs(package_models, card):
-    """The recorded run config is the committed file's, and the card's command runs all three stages."""
+    """The recorded run config is the committed file's, and the card's command runs all four stages."""
     stored = yaml.safe_load((package_models / "shapes" / "train.yaml").read_text())
     committed = load_run_config(str(CONFIG))
     recorded = from_dict(RunConfig, stored)
@@ -63,7 +63,8 @@ def test_shapes_was_trained_by_the_committed_configs(package_models, card):
     assert card["steps"] == committed.train.steps
     # read as a config, so a data field added since (at its default) compares equal
     assert from_dict(DataConfig, card["trained_on"]) == committed.data
-    for stage in ("configs/shapes-t2v-8f.yaml", "configs/shapes-t2v.yaml", "configs/shapes-tasks.yaml"):
+    for stage in ("configs/shapes-t2v-8f.yaml", "configs/shapes-t2v.yaml", "configs/shapes-tasks.yaml",
+                  "configs/shapes-pixel-head.yaml"):
         assert stage in card["command"], stage
 
 

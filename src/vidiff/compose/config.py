@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from vidiff.config import ConfigError
 from vidiff.data import DataConfig
@@ -56,6 +56,12 @@ class AutoencoderConfig(VAELossConfig):
 @dataclass
 class DiffusionConfig:
     """Schedule, parameterization and how training draws and weighs diffusion times."""
+    # What fixes the meaning of each t and of the network's output: a fine-tune or a ControlNet
+    # keeps its base's. How a run spends its steps over t is its own (a later stage may train
+    # where its new part has something to learn).
+    SCHEDULE_FIELDS: ClassVar[tuple[str, ...]] = ("schedule", "shift", "zero_terminal_snr", "parameterization")
+    TRAINING_TIME_FIELDS: ClassVar[tuple[str, ...]] = ("loss_weighting", "min_snr_gamma", "time_distribution",
+                                                       "logit_mean", "logit_std")
     schedule: str = "cosine"
     shift: float = 1.0
     zero_terminal_snr: bool = False

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from vidiff.checkpoint import resolve_checkpoint, submodule_state
 from vidiff.compose import (
-    RunConfig, autoencoder_fingerprint, build_autoencoder_for, build_network_for, build_text_encoder_for,
+    DiffusionConfig, RunConfig, autoencoder_fingerprint, build_autoencoder_for, build_network_for, build_text_encoder_for,
     copy_autoencoder, load_autoencoder, load_controlnet, load_denoiser, text_encoder_dir, weights_fingerprint,
 )
 from vidiff.compose.shipped import resolve_model
@@ -152,11 +152,6 @@ def _autoencoder_trainer(run: RunConfig, dataset, resume: Optional[str], progres
 
 
 # ----------------------------------------------------------------------------- ControlNet
-# The base's diffusion fields a ControlNet must share: it learns corrections to the base's
-# predictions, which mean something only under the base's schedule and parameterization.
-_SHARED_DIFFUSION = ("schedule", "shift", "zero_terminal_snr", "parameterization")
-
-
 def _controlnet_trainer(run: RunConfig, dataset, resume: Optional[str], progress: bool) -> Trainer:
     if not run.base:
         raise ConfigError("kind controlnet needs base: a shipped model's name (e.g. shapes) or a "
@@ -170,13 +165,19 @@ def _controlnet_trainer(run: RunConfig, dataset, resume: Optional[str], progress
     if base.vae is not None:
         raise ConfigError(f"base {run.base!r} is a latent model; a ControlNet trains over a pixel base "
                           "(its maps are per-pixel, per-frame)")
+    # A ControlNet corrects its base's predictions, so it trains under the base's schedule and
+    # parameterization; how it draws and weighs training times is its own (the base's last
+    # stage may have spent its steps where only that stage had something to learn).
     base_diffusion, ours = to_dict(base.run.diffusion), to_dict(run.diffusion)
-    differ = {k: (ours[k], base_diffusion[k]) for k in _SHARED_DIFFUSION if ours[k] != base_diffusion[k]}
-    if differ and run.diffusion != type(run.diffusion)():
+    default = to_dict(DiffusionConfig())
+    differ = {k: (ours[k], base_diffusion[k]) for k in DiffusionConfig.SCHEDULE_FIELDS
+              if ours[k] not in (base_diffusion[k], default[k])}
+    if differ:
         raise ConfigError(f"diffusion {differ} (run, base) differ from the base's: a ControlNet trains "
-                          "under its base's schedule and parameterization (leave diffusion unset)")
-    # What the ControlNet trains under is its base's: diffusion and text settings come from it.
-    run = dataclasses.replace(run, diffusion=base.run.diffusion, text=base.run.text)   # the caller's is kept
+                          f"under its base's schedule and parameterization (set only "
+                          f"{', '.join(DiffusionConfig.TRAINING_TIME_FIELDS)})")
+    diffusion = dataclasses.replace(run.diffusion, **{k: base_diffusion[k] for k in DiffusionConfig.SCHEDULE_FIELDS})
+    run = dataclasses.replace(run, diffusion=diffusion, text=base.run.text)   # the caller's is kept
     base.network.requires_grad_(False).eval()
     if base.text_encoder is not None:
         base.text_encoder.requires_grad_(False).eval()
