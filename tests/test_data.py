@@ -498,3 +498,42 @@ def test_stretch_bad_values_are_refused():
         DataConfig(stretch=0.5)
     with pytest.raises(ConfigError, match="data.stretch applies only to"):
         build_dataset({"name": ".", "stretch": 2.0})
+
+
+# ---------------------------------------------------------------------------------- frame strides
+def test_frame_strides_show_one_scene_at_several_frame_rates():
+    """A MovingDigits item at stride 0.5 is the same scene as at stride 1 with a frame between
+    each pair (its even frames are the stride-1 clip, positions and pixels); at stride 2 it is
+    every other frame of a clip twice as long. Each item says its stride."""
+    T, S = 5, 32
+    plain, long = MovingDigits(frames=T, size=S, seed=3), MovingDigits(frames=2 * T - 1, size=S, seed=3)
+    half = MovingDigits(frames=2 * T - 1, size=S, seed=3, frame_strides=[0.5])
+    double = MovingDigits(frames=T, size=S, seed=3, frame_strides=[2])
+    for i in range(4):
+        assert half[i]["frame_stride"] == 0.5 and double[i]["frame_stride"] == 2.0
+        assert plain[i]["frame_stride"] == 1.0
+        assert torch.equal(half[i]["positions"][:, ::2], plain[i]["positions"])
+        assert torch.equal(half[i]["video"][:, ::2], plain[i]["video"])
+        assert not torch.equal(half[i]["positions"][:, 1], plain[i]["positions"][:, 1])
+        assert torch.equal(double[i]["video"], long[i]["video"][:, ::2])
+        assert torch.equal(double[i]["positions"], long[i]["positions"][:, ::2])
+    mixed = MovingDigits(frames=T, size=S, seed=3, frame_strides=[0.25, 0.5, 1.0])
+    drawn = [mixed[i]["frame_stride"] for i in range(40)]
+    assert set(drawn) == {0.25, 0.5, 1.0}                                # every rate is drawn ...
+    assert drawn == [MovingDigits(frames=T, size=S, seed=3, frame_strides=[0.25, 0.5, 1.0])[i]["frame_stride"]
+                     for i in range(40)]                                 # ... the same way each time
+    quarter = [i for i, v in enumerate(drawn) if v == 0.25][0]
+    slow = MovingDigits(frames=T, size=S, seed=3, frame_strides=[0.25])[quarter]
+    assert torch.equal(mixed[quarter]["video"], slow["video"])
+
+
+def test_frame_strides_are_refused_where_speed_follows_the_clip_length():
+    """MovingShapes and PhotoPan move by a fraction of the frame over the whole clip, whatever
+    its length: a stride would relabel the same motion. Only digits take frame strides."""
+    with pytest.raises(DatasetError, match=r"frame_strides must be positive, got \[-1.0\]"):
+        MovingDigits(frames=4, frame_strides=[-1])
+    with pytest.raises(ConfigError, match="data.frame_strides applies only to 'digits', not to 'shapes'"):
+        build_dataset({"name": "shapes", "frames": 4, "frame_strides": [0.5]})
+    with pytest.raises(ConfigError, match=r"data.frame_strides must be positive, got \[0.5, 0\]"):
+        DataConfig(name="digits", frame_strides=[0.5, 0])
+    assert build_dataset({"name": "digits", "frames": 4, "size": 16, "frame_strides": [0.5]})[0]["frame_stride"] == 0.5

@@ -190,6 +190,24 @@ def test_hierarchical_makes_keyframes_at_the_stride_first():
                       width=W).extend(_video(4), 33, scheme="hierarchical", **FAST)
 
 
+def test_interpolation_tells_a_stride_model_the_output_rate():
+    """A temporal-interpolation stage (conditioned on frame stride) is told the rate of the
+    clip it fills: 1 / factor of the input's by default, or the stride asked for; a model
+    without that conditioning is told nothing."""
+    net = CopyKnown(frame_stride=True)
+    pipe = VideoPipeline(net, Schedule.from_name("cosine"), "x0", frames=WINDOW, height=H, width=W)
+    video = _video(3)
+    for factor, asked, told in ((2, None, 0.5), (4, None, 0.25), (2, 0.125, 0.125)):
+        net.calls.clear()
+        out = pipe.interpolate(video, factor, **FAST, **({} if asked is None else {"frame_stride": asked}))
+        assert np.array_equal(out.frames[::factor], video.frames)
+        assert {float(v) for _, c in net.calls for v in c.frame_stride} == {told}
+    plain = CopyKnown()
+    VideoPipeline(plain, Schedule.from_name("cosine"), "x0", frames=WINDOW, height=H, width=W).interpolate(
+        video, 2, **FAST)
+    assert plain.calls and all(c.frame_stride is None for _, c in plain.calls)
+
+
 @pytest.mark.parametrize("call, words", [
     (lambda p: p.interpolate(_video(3), factor=1), ">= 2"),
     (lambda p: p.interpolate(_video(3), factor=WINDOW), "largest factor"),

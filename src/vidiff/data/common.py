@@ -11,6 +11,7 @@ the access order or the process that reads it.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Optional, Sequence
 
@@ -98,6 +99,13 @@ class SyntheticDataset(Dataset):
     video autoencoder trained on one clip length otherwise learns that length's speed as a
     prior and fails on longer clips, which move slower (docs/benchmarks.md, "Reconstruction
     quality"). ``L`` and the window come from their own stream of the item's generator.
+
+    ``frame_strides`` (for a subclass whose ``_make`` takes ``step=``: motion with a speed of
+    its own, not one set by the clip's length, as MovingDigits has) renders each clip at one of these time steps, drawn per item
+    from a third stream: a stride ``s`` shows the scene at times ``0, s, 2s, ...`` (``s < 1``:
+    slow motion, the frames between those of a stride-1 clip) and is the item's
+    ``frame_stride``. What a temporal-interpolation stage trains on: the frame rates it must
+    produce, labelled, so one model serves several factors.
     """
 
     min_frames = 1
@@ -105,7 +113,7 @@ class SyntheticDataset(Dataset):
 
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0,
                  length: Optional[int] = None, buckets=None, fps: float = DEFAULT_FPS,
-                 stretch: float = 1.0):
+                 stretch: float = 1.0, frame_strides: Sequence[float] = ()):
         if frames < self.min_frames:
             raise DatasetError(f"{type(self).__name__} needs frames >= {self.min_frames}, got {frames}")
         if size < 4:
@@ -118,6 +126,9 @@ class SyntheticDataset(Dataset):
             raise DatasetError(f"fps must be > 0, got {fps}")
         if not stretch >= 1:
             raise DatasetError(f"stretch must be >= 1 (1: no stretching), got {stretch}")
+        self.frame_strides = tuple(float(v) for v in frame_strides)
+        if not all(v > 0 for v in self.frame_strides):
+            raise DatasetError(f"frame_strides must be positive, got {list(self.frame_strides)}")
         self.frames, self.size, self.seed, self.length = int(frames), int(size), int(seed), length
         self.fps, self.stretch = float(fps), float(stretch)
         self.buckets = check_buckets(buckets)
@@ -151,16 +162,20 @@ class SyntheticDataset(Dataset):
     def __getitem__(self, index) -> dict:
         index = self._check_index(index)
         T, H, W = self.item_shape(index)
+        stride, make = 1.0, self._make
+        if self.frame_strides:
+            stride = self.frame_strides[int(item_rng(self.seed, index, stream=3).integers(len(self.frame_strides)))]
+            make = functools.partial(self._make, step=stride)
         if self.stretch > 1 and T > 1:
             draw = item_rng(self.seed, index, stream=2)
             L = int(draw.integers(T, 2 + int(self.stretch * (T - 1))))      # T .. 1 + floor(s(T-1))
             offset = int(draw.integers(0, L - T + 1))
-            item = self._window(self._make(item_rng(self.seed, index), L, H, W), offset, T)
+            item = self._window(make(item_rng(self.seed, index), L, H, W), offset, T)
         else:
-            item = self._make(item_rng(self.seed, index), T, H, W)
+            item = make(item_rng(self.seed, index), T, H, W)
         frames = item.pop("frames")
         return {"video": Video(frames, self.fps).to_tensor(), "caption": item.pop("caption"),
-                "frame_stride": 1.0, "index": index, **item}
+                "frame_stride": stride, "index": index, **item}
 
     def _make(self, rng: np.random.Generator, frames: int, height: int, width: int) -> dict:
         raise NotImplementedError

@@ -31,6 +31,7 @@ _SPECIFIC = {
     "captions": ("folder",),
     "crop": ("folder",),
     "stretch": BUILTIN,
+    "frame_strides": ("digits",),
 }
 
 
@@ -61,6 +62,9 @@ class DataConfig:
         stretch: synthetic: each clip a random window of ``frames`` out of one drawn up to
             ``stretch`` times longer, so whole-clip motions move up to that much slower: the
             speeds of longer clips (what a causal autoencoder needs to hold at every length).
+        frame_strides: digits: each clip rendered at one of these time steps between frames
+            (0.25: four frames where a stride-1 clip has one), recorded as its ``frame_stride``
+            (a temporal-interpolation stage learns every listed rate in one model).
     """
 
     name: str = "shapes"
@@ -78,6 +82,7 @@ class DataConfig:
     captions: Optional[str] = None
     crop: str = "center"
     stretch: float = 1.0
+    frame_strides: list[float] = field(default_factory=list)
 
     def __post_init__(self):
         checks = [
@@ -92,6 +97,7 @@ class DataConfig:
             (self.stride >= 1, f"data.stride must be >= 1, got {self.stride}"),
             (self.crop in ("center", "random"), f"data.crop: {self.crop!r} is not one of ['center', 'random']"),
             (self.stretch >= 1, f"data.stretch must be >= 1 (1: no stretching), got {self.stretch}"),
+            (all(v > 0 for v in self.frame_strides), f"data.frame_strides must be positive, got {self.frame_strides}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -174,7 +180,8 @@ def build_dataset(config: Union[DataConfig, dict, str]):
         if kind == "shapes":
             return MovingShapes(**common, held_out=config.held_out, **synthetic)
         if kind == "digits":
-            return MovingDigits(**common, max_digits=config.max_digits, **synthetic)
+            return MovingDigits(**common, max_digits=config.max_digits, frame_strides=config.frame_strides,
+                                **synthetic)
         if kind == "photopan":
             return PhotoPan(**common, photos=config.photos, **synthetic)
         return VideoFolder(config.name, **common, stride=config.stride, fps=config.fps,

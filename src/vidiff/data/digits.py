@@ -48,7 +48,8 @@ class MovingDigits(SyntheticDataset):
     """One to ``max_digits`` handwritten digits bouncing around a black frame.
 
     Args:
-        frames, size, seed, length, buckets, fps, stretch: as for every synthetic dataset.
+        frames, size, seed, length, buckets, fps, stretch, frame_strides: as for every
+            synthetic dataset (:class:`~vidiff.data.common.SyntheticDataset`).
         max_digits: each clip holds 1 to ``max_digits`` digits (uniformly), at most 4.
 
     Items carry ``digits`` (labels, drawing order) and ``positions``: float tensor
@@ -60,14 +61,17 @@ class MovingDigits(SyntheticDataset):
 
     def __init__(self, frames: int = 16, size: int = 32, seed: int = 0, length: Optional[int] = None,
                  max_digits: int = 2, buckets=None, fps: float = DEFAULT_FPS,
-                 stretch: float = 1.0):
-        super().__init__(frames, size, seed, length, buckets, fps, stretch)
+                 stretch: float = 1.0, frame_strides=()):
+        super().__init__(frames, size, seed, length, buckets, fps, stretch, frame_strides)
         if not 1 <= max_digits <= 4:
             raise DatasetError(f"max_digits must be between 1 and 4, got {max_digits}")
         self.max_digits = int(max_digits)
         load_glyphs()  # fail early, and share the array with forked workers
 
-    def _make(self, rng: np.random.Generator, frames: int, height: int, width: int) -> dict:
+    def _make(self, rng: np.random.Generator, frames: int, height: int, width: int,
+              step: float = 1.0) -> dict:
+        # step: the time between frames (1: the speeds above per frame); the draws do not
+        # depend on it, so one item at two steps shows one scene at two frame rates.
         images, labels = load_glyphs()
         n = int(rng.integers(1, self.max_digits + 1))
         ids = rng.integers(len(images), size=n)
@@ -79,7 +83,7 @@ class MovingDigits(SyntheticDataset):
         speed = rng.uniform(*SPEED, size=n) * min(height, width)
         heading = rng.uniform(0, 2 * np.pi, size=n)
         velocity = np.stack([np.cos(heading), np.sin(heading)], axis=1) * speed[:, None]
-        steps = np.arange(frames, dtype=np.float64)
+        steps = np.arange(frames, dtype=np.float64) * step
         path = start[:, None, :] + velocity[:, None, :] * steps[None, :, None]   # (n, T, 2)
         positions = np.stack([reflect(path[..., 0], room[0]), reflect(path[..., 1], room[1])], axis=-1)
         canvas = np.zeros((frames, height, width), np.float32)

@@ -331,7 +331,11 @@ class FrameTasks:
         """``factor - 1`` frames between each pair of ``video``'s frames: ``(T - 1) factor + 1``
         frames at ``factor`` times the frame rate, the given frames unchanged at every
         ``factor``-th position. Windows hold as many keyframes as fit the model's window and
-        share one keyframe with the next."""
+        share one keyframe with the next.
+
+        A model conditioned on frame stride (a temporal-interpolation stage) is told the
+        output's rate: ``frame_stride=1 / factor`` by default, the input being at the rate the
+        model counts as 1 (its training data's); pass ``frame_stride`` to say otherwise."""
         clip = clip_tensor(video)
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
             raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
@@ -345,6 +349,8 @@ class FrameTasks:
         known = torch.zeros(3, T_out, clip.shape[2], clip.shape[3])
         known[:, ::factor] = clip
         mask = frames_mask(T_out, clip.shape[2], clip.shape[3], range(0, T_out, factor))
+        if getattr(getattr(self.network, "config", None), "frame_stride", False):
+            options.setdefault("frame_stride", 1.0 / factor)
         gaps = (self.frames - 1) // factor            # keyframe gaps per window
         # Windows end on a keyframe, and the next one starts on it.
         out, _ = self._task(known, mask, prompt, window=gaps * factor + 1, overlap=1, **options)
