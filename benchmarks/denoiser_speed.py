@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from vidiff.conditioning import Conditioning
 from vidiff.models.flops import count_flops
 from vidiff.models.unet import UNET_MODELS, UNet3D, UNetConfig
-from vidiff.train.trainer import keep_freed_memory
+from vidiff.train.process import keep_freed_memory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default, all)")
     parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc malloc's thresholds alone (see vidiff.train.trainer.keep_freed_memory)")
+                        help="leave glibc malloc's thresholds alone (see vidiff.train.process.keep_freed_memory)")
     parser.add_argument("--skip-train", action="store_true", help="only the forward comparison")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]

@@ -34,7 +34,7 @@ from vidiff.apps.demo import DEMO_CONFIG
 from vidiff.conditioning import Conditioning
 from vidiff.models.flops import count_flops
 from vidiff.models.registry import build_from_config, resolve_config
-from vidiff.train.trainer import keep_freed_memory
+from vidiff.train.process import keep_freed_memory
 
 # Op-name fragments of each group, checked in order (the first match wins).
 GROUPS = (

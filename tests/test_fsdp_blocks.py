@@ -25,7 +25,7 @@ from vidiff.models import vae_blocks
 from vidiff.models.dit import DIT_MODELS, DiTBlock, VideoDiT
 from vidiff.models.unet import UNET_MODELS, AttentionBlock, ResBlock, UNet3D
 from vidiff.models.vae import VAE_MODELS, VideoVAE
-from vidiff.train.trainer import shard_blocks
+from vidiff.train.process import shard_blocks
 
 WORLD, STEPS, TEXT_DIM = 2, 3, 12
 
