@@ -220,11 +220,15 @@ def test_staged_config_continues_its_earlier_stage(path):
                 for run in (later, earlier)]
     assert schedule[0] == schedule[1], "diffusion"
     # The network is the same, except that a later stage may add conditions the earlier one
-    # lacks: their weights grow from zero when it loads (Trainer.load_weights).
+    # lacks (their weights grow from zero when it loads, Trainer.load_weights) and may leave
+    # out an addable part the earlier one has (dropped: it starts from what the part was added to).
     model_later, model_earlier = to_dict(later.model), to_dict(earlier.model)
     added = {k: v for k, v in model_later["overrides"].items() if k not in model_earlier["overrides"]}
     assert all((k in GROWABLE and v is True) or (k in ADDABLE and v > 0) for k, v in added.items()), added
+    dropped = {k for k in model_earlier["overrides"] if k not in model_later["overrides"]}
+    assert dropped <= ADDABLE, dropped
     model_later["overrides"] = {k: v for k, v in model_later["overrides"].items() if k not in added}
+    model_earlier["overrides"] = {k: v for k, v in model_earlier["overrides"].items() if k not in dropped}
     assert model_later == model_earlier, "model"
     assert (later.data.name, later.data.held_out) == (earlier.data.name, earlier.data.held_out)
 

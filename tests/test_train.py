@@ -245,6 +245,34 @@ def test_trainable_prefixes_train_only_those_parameters(tmp_path):
         build_trainer(tiny_config(tmp_path / "s", "train.trainable=[network.nothing.]"), progress=False)
 
 
+def test_init_from_adds_or_drops_a_pixel_head(tmp_path):
+    """A checkpoint initialises a network with a pixel head it lacks (the head starts at zero:
+    the same function) and one without the head it has (the head is dropped: the network it was
+    added to). Any other weight the model does not have is refused."""
+    patch = ["model.size=unet-demo", "model.overrides.channels=[16,32]", "model.overrides.head_dim=8"]
+    base = build_trainer(tiny_config(tmp_path / "base", *patch), progress=False)
+    base.fit(until=2)
+    plain = base.save()
+    grown = build_trainer(tiny_config(tmp_path / "grown", *patch, "model.overrides.pixel_head=8",
+                                      f"train.init_from={plain}"), progress=False)
+    same = build_trainer(tiny_config(tmp_path / "same", *patch, f"train.init_from={plain}"), progress=False)
+    x, t = torch.randn(2, 3, 4, 16, 16), torch.rand(2)
+    with torch.no_grad():
+        assert torch.equal(grown.objective.network(x, t), same.objective.network(x, t))
+    grown.fit(until=2)
+    with_head = weights(grown.save(), ema=True)          # what init_from reads
+    assert any(k.startswith("network.pixel_head.") and v.abs().sum() > 0 for k, v in with_head.items())
+    shed = build_trainer(tiny_config(tmp_path / "shed", *patch, f"train.init_from={grown.save()}"), progress=False)
+    trunk = {k: v for k, v in with_head.items() if not k.startswith("network.pixel_head.")}
+    assert all(torch.equal(p.detach(), trunk[n]) for n, p in shed.objective.named_parameters() if n in trunk)
+    assert shed.objective.network.pixel_head is None
+    embedded = build_trainer(tiny_config(tmp_path / "fe", *patch, "model.overrides.frame_embedding=true"),
+                             progress=False)
+    embedded.fit(until=1)                                 # a frame embedding is no addable part
+    with pytest.raises(ValueError, match=r"does not match this model.*unexpected \['network.frame_embed"):
+        build_trainer(tiny_config(tmp_path / "other", *patch, f"train.init_from={embedded.save()}"), progress=False)
+
+
 MALLOC_PROBE = """
 import resource, torch
 import vidiff.train.trainer                  # the process as training sets it up

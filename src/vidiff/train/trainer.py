@@ -165,6 +165,9 @@ class Trainer:
         (dimension 1 larger than the checkpoint's) start at zero and the added embedders keep
         their zero output layer, so the fine-tune starts from exactly the checkpoint's function.
         An added reference encoder starts fresh; it acts only on samples given a reference.
+        The other way round, a part of that kind (``ADDABLE``) that the checkpoint has and this
+        model leaves out is dropped: the model starts from the network the part was added to
+        (a stage that trained only the part left that network as it was).
         """
         state = grow_input_channels(read_weights(path, ema=ema), self.objective.state_dict())
         missing, unexpected = self.objective.load_state_dict(state, strict=False)
@@ -173,6 +176,7 @@ class Trainer:
         trainable = {n for n, p in self.objective.named_parameters() if p.requires_grad} | self._frozen
         added = _addable_prefixes(self.objective)
         missing = [m for m in missing if m in trainable and not m.startswith(added)]
+        unexpected = [u for u in unexpected if not u.startswith(added)]
         if missing or unexpected:
             raise ValueError(f"checkpoint {str(path)!r} does not match this model: missing "
                              f"{missing[:5]}, unexpected {list(unexpected)[:5]}")
