@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import vidiff
-from vidiff.compose.config import RunConfig
+from vidiff.compose.config import DiffusionConfig, RunConfig
 from vidiff.config import from_dict, to_dict
 from vidiff.data.shapes import DEMO_HELD_OUT, geometry, render
 from vidiff.eval.shapes import centroids, detect
@@ -45,8 +45,14 @@ def _same_run(name: str, config: str, steps: int = None) -> None:
     if steps is not None:
         assert a["train"]["steps"] == steps and f"train.steps={steps}" in _card(name)["command"]
         b["train"]["steps"] = steps
-    if b["kind"] == "controlnet":          # a ControlNet run records its base's diffusion and text
-        b["diffusion"], b["text"] = a["diffusion"], a["text"]
+    if b["kind"] == "controlnet":
+        # A ControlNet run records its base's schedule and text settings and its own training times.
+        base = yaml.safe_load((shipped.PACKAGE_DIR / b["base"] / "train.yaml").read_text())
+        for k in DiffusionConfig.SCHEDULE_FIELDS:
+            assert a["diffusion"][k] == base["diffusion"][k], k
+            b["diffusion"][k] = a["diffusion"][k]
+        assert a["text"] == base["text"]
+        b["text"] = a["text"]
     assert a == b
 
 
