@@ -1,5 +1,6 @@
 """Inversion, editing and restyling through the pipeline: exactness on Gaussian data, guidance-
 aware inversion, attention injection and its scopes, the noise file and its fingerprint."""
+import dataclasses
 import math
 
 import numpy as np
@@ -8,11 +9,11 @@ import torch
 from torch import nn
 
 import vidiff
-from vidiff.diffusion import Schedule
+from vidiff.diffusion import Schedule, invert, sample, timesteps
 from vidiff.diffusion.gaussian import GaussianDenoiser
 from vidiff.models.layers import Attention, attention_processors, sampling_step, sdpa_processor
 from vidiff.pipelines.injection import AttentionStore, attention_probabilities, injected_steps
-from vidiff.pipelines.inversion import Inversion
+from vidiff.pipelines.inversion import INVERT_SPACING, INVERT_T_MIN, Inversion
 from vidiff.pipelines.video import VideoPipeline
 from vidiff.video import Video
 
@@ -48,17 +49,48 @@ def gaussian_clip(seed: int = 0) -> torch.Tensor:
 
 
 def round_trip_error(pipe, x0: torch.Tensor, steps: int, refine: int = 0) -> tuple[float, float]:
-    """(max error of the inverted noise against the exact ODE state, max round-trip error)."""
-    inversion = pipe.invert(x0, steps=steps, refine=refine)
+    """(max error of the inverted noise against the exact ODE state, max round-trip error) of
+    DDIM inversion on the evenly spaced ("trailing") grid down to 0."""
+    den, x = pipe.denoiser(1.0), x0[None].double()
+    noise = invert(den, x, pipe.schedule, steps=steps, spacing="trailing", refine=refine)
     exact = pipe.network.gaussian.ode_state(pipe.schedule.t_max, pipe.network.gaussian.standardize(0.0, x0.double()))
-    back = pipe.sample(None, x0.shape, [0], steps=steps, sampler="ddim", start=inversion.noise)
-    return float((inversion.noise[0] - exact).abs().max()), float((back[0] - x0).abs().max())
+    back = sample(den, noise, pipe.schedule, sampler="ddim", steps=steps, spacing="trailing")
+    return float((noise[0] - exact).abs().max()), float((back[0] - x[0]).abs().max())
 
 
 def slope(counts, errors) -> float:
     """Least-squares order of convergence: -d log(error) / d log(steps)."""
     x, y = np.log(counts), np.log(errors)
     return -float(np.polyfit(x, y, 1)[0])
+
+
+def test_pipeline_inverts_on_a_floored_grid_and_regenerates_on_the_same():
+    """vidiff invert's grid runs evenly down to INVERT_T_MIN, then 0 (the file records it), and
+    generating from the noise walks the same grid: the noise is the library's inversion on it,
+    and refinement (which inverts each sampling step of that grid) brings the clip back closer.
+    A file written before the grid was recorded regenerates on the trailing grid it was made on."""
+    pipe, x0 = gaussian_pipeline(), gaussian_clip()
+    den, x = pipe.denoiser(1.0), x0[None].double()
+    inversion = pipe.invert(x0, steps=40)
+    assert (inversion.spacing, inversion.t_min) == (INVERT_SPACING, INVERT_T_MIN) == ("uniform", 0.05)
+    grid = timesteps(pipe.schedule, 40, "uniform", t_min=0.05)
+    assert grid[-2] == pytest.approx(0.05) and grid[-1] == 0 and len(grid) == 41
+    assert torch.allclose(inversion.noise.double(), invert(den, x, pipe.schedule, steps=40, spacing="uniform",
+                                                           t_min=0.05), atol=1e-5)
+    errors = [float((pipe.generate_from_noise(pipe.invert(x0, steps=40, refine=k)).to_tensor()
+                     - Video.from_tensor(x0).to_tensor()).abs().max()) for k in (0, 20)]
+    assert errors[1] < 0.2 * errors[0], errors
+    # Up to 20 steps the floored grid is the trailing one; a partial inversion halves the floor.
+    short = pipe.invert(x0, steps=16)
+    t_max = pipe.schedule.t_max
+    assert short.t_min == pytest.approx(t_max / 16)
+    assert torch.allclose(timesteps(pipe.schedule, 16, "uniform", t_min=t_max / 16),
+                          timesteps(pipe.schedule, 16, "trailing"), rtol=0, atol=1e-12)
+    assert pipe.invert(x0, steps=8, strength=0.06).t_min == pytest.approx(0.03)
+    old = dataclasses.replace(inversion, spacing="trailing", t_min=0.001)
+    assert torch.equal(pipe.generate_from_noise(old).to_tensor(),
+                       Video.from_tensor(sample(den, old.noise.double(), pipe.schedule, sampler="ddim", steps=40,
+                                                spacing="trailing")[0].float()).to_tensor())
 
 
 def test_inversion_round_trip_on_gaussian_data_is_exact_up_to_first_order_discretisation():

@@ -28,12 +28,13 @@ from tqdm.auto import tqdm
 
 from vidiff.compose import weights_fingerprint
 from vidiff.conditioning import Conditioning
-from vidiff.diffusion import DEFAULT_SPACING, invert, timesteps
+from vidiff.diffusion import invert, timesteps
 from vidiff.models.condition import ConditionEmbedder
 from vidiff.pipelines.frames import Clip, clip_tensor
 from vidiff.pipelines.injection import INJECT_MODES, SELF_KINDS, AttentionStore, injected_steps
 from vidiff.pipelines.inversion import (
-    CFG_INVERSIONS, NTI_ITERATIONS, Inversion, StepGuidance, check_strength, null_text_optimisation,
+    CFG_INVERSIONS, INVERT_SPACING, NTI_ITERATIONS, Inversion, StepGuidance, check_strength, inversion_floor,
+    null_text_optimisation,
 )
 from vidiff.video import Video
 
@@ -99,11 +100,12 @@ class EditingTasks:
         inverting = self.denoiser(guidance) if cfg_inversion == "none" else conditional
         states = []
         bar = _progress(steps, "inverting", progress)
-        noise = invert(inverting, x0, self.schedule, steps=steps, cond=cond, spacing=DEFAULT_SPACING["ddim"],
-                       t_max=grid_t_max, refine=refine, callback=lambda info: (states.append(info["x"]), bar()))
+        on_grid = dict(spacing=INVERT_SPACING, t_max=grid_t_max, t_min=inversion_floor(grid_t_max, steps))
+        noise = invert(inverting, x0, self.schedule, steps=steps, cond=cond, refine=refine,
+                       callback=lambda info: (states.append(info["x"]), bar()), **on_grid)
         null_text = null_pooled = None
         if cfg_inversion == "nti" and guidance != 1.0:
-            grid = timesteps(self.schedule, steps, DEFAULT_SPACING["ddim"], t_max=grid_t_max)
+            grid = timesteps(self.schedule, steps, **on_grid)
             trajectory = states[::-1] + [x0]                  # the states at grid's falling times
             null_text, null_pooled = null_text_optimisation(conditional, cond, self._explicit_null(), trajectory,
                                                             grid, self.schedule, guidance, iterations=nti_iterations)
@@ -111,7 +113,8 @@ class EditingTasks:
         return Inversion(noise=noise.cpu(), prompt=prompt, steps=steps, guidance=float(guidance), refine=refine,
                          cfg_inversion=cfg_inversion, strength=strength, model=self.fingerprint(),
                          model_name=self._model_name(), frames=clip.shape[1], height=clip.shape[2],
-                         width=clip.shape[3], fps=float(fps), null_text=null_text, null_pooled=null_pooled)
+                         width=clip.shape[3], fps=float(fps), null_text=null_text, null_pooled=null_pooled,
+                         spacing=INVERT_SPACING, t_min=inversion_floor(grid_t_max, steps))
 
     def load_noise(self, path: Union[str, Path]) -> Inversion:
         """A noise file, refused (ValueError naming both models) unless this model made it."""
@@ -207,7 +210,8 @@ class EditingTasks:
                     progress: bool) -> Tensor:
         """DDIM from the inversion's noise under ``cond``, with the inversion's guidance
         scheme (``source``: the source prompt's conditioning, the negative of ``"negative"``)."""
-        options = dict(steps=inversion.steps, sampler="ddim", guidance=inversion.guidance)
+        options = dict(steps=inversion.steps, sampler="ddim", guidance=inversion.guidance,
+                       spacing=inversion.spacing, t_min=inversion.t_min)
         if inversion.cfg_inversion == "negative" and inversion.guidance != 1.0:
             options["negative"] = source
         negatives = inversion.negatives(self.device)

@@ -49,6 +49,25 @@ CFG_INVERSIONS = ("none", "negative", "nti")
 NTI_ITERATIONS = 5      # Adam steps per sampling step (see the module docstring)
 NTI_LR = 1e-2           # on embeddings of unit-ish scale: moves them a few percent per step
 NTI_TOLERANCE = 1e-7    # mean squared state error at which a step stops early
+# The inversion grid: evenly spaced from its start time down to a floor, then 0. Up to 20
+# steps that is the evenly spaced grid down to 0 ("trailing"); more steps refine it above the
+# floor the 20-step grid has (t = 0.05) instead of reaching below it. Inversion's first step
+# takes the clean clip for the state at the grid's lowest time and each later step is first
+# order in the change of noise level, so a trailing grid of n steps evaluates the network on
+# off-distribution states at t = 1/n, 2/n, ..., each step doubling or so the noise level. A
+# network that sharpens at low noise (the shipped `shapes`, with its pixel head) turns those
+# steps' errors into structure that the rest of the inversion amplifies: at 100 steps 4 of 17
+# clips came back at 12-23 dB, against 34-37 dB on the floored grid (docs/benchmarks.md,
+# "Editing"). Evenly spaced in log-SNR down to 0.001 fails the same way.
+INVERT_SPACING = "uniform"
+INVERT_T_MIN = 0.05
+
+
+def inversion_floor(t_max: float, steps: int) -> float:
+    """The lowest nonzero time of a ``steps``-step inversion grid from ``t_max``: ``t_max /
+    steps`` (the trailing grid) while that is above :data:`INVERT_T_MIN`, else that floor (half
+    of ``t_max`` for a partial inversion that starts below twice it)."""
+    return max(t_max / steps, min(INVERT_T_MIN, t_max / 2))
 
 
 @dataclass
@@ -68,6 +87,8 @@ class Inversion:
         frames, height, width, fps: the clip, in pixels and frames per second.
         null_text, null_pooled: per-step unconditional text ``(steps, 1, D)`` and pooled
             vector ``(steps, Dp)`` found by null-text optimisation (``"nti"`` only).
+        spacing, t_min: the grid (:func:`vidiff.diffusion.timesteps`); a file written before
+            they were recorded was inverted on the ``"trailing"`` grid, which ignores ``t_min``.
     """
     noise: Tensor
     prompt: Optional[str]
@@ -83,6 +104,8 @@ class Inversion:
     width: int
     fps: float
     sampler: str = "ddim"
+    spacing: str = "trailing"
+    t_min: float = INVERT_T_MIN
     null_text: Optional[Tensor] = field(default=None, repr=False)
     null_pooled: Optional[Tensor] = field(default=None, repr=False)
 
@@ -122,7 +145,7 @@ class Inversion:
         try:
             record = json.loads(metadata["record"])
             names = {f.name for f in fields(cls)} - {"noise", "null_text", "null_pooled"}
-            missing = sorted(n for n in names if n not in record and n != "sampler")
+            missing = sorted(n for n in names if n not in record and n not in ("sampler", "spacing", "t_min"))
             if missing:
                 raise KeyError(", ".join(missing))
             inversion = cls(noise=tensors["noise"], null_text=tensors.get("null_text"),
