@@ -220,15 +220,28 @@ def test_a_latent_model_trains_on_the_task_mix_and_forecasts(vae_dir, tmp_path):
     video = vidiff.Video(np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
     out = pipe.predict(video, context=1, num_frames=5, steps=2)
     assert out.frames.shape == (5, 16, 16, 3) and np.array_equal(out.frames[0], video.frames[-1])
-    # Longer than the 5-frame window: windows of whole latent groups, each encoded and decoded
-    # on its own, so neither the denoiser nor the decoder ever sees more than one window.
-    seen, decoded = [], []
-    forward, decode = pipe.network.forward, pipe.vae.decode_to_uint8
+    # Longer than the 5-frame window: windows of whole latent groups, so the denoiser never
+    # sees more than one window; the decoder gets each window's new latents only, its causal
+    # cache carried from the window before, so the clip decodes as one stream.
+    seen, decoded, sampled = [], [], []
+    forward, decode, run = pipe.network.forward, pipe.vae.decode_continue, pipe._run
     pipe.network.forward = lambda x, *a, **k: (seen.append(x.shape[2]), forward(x, *a, **k))[1]
-    pipe.vae.decode_to_uint8 = lambda z, *a, **k: (decoded.append(z.shape[-3]), decode(z, *a, **k))[1]
+    pipe.vae.decode_continue = lambda z, *a, **k: (decoded.append(z.shape[-3]), decode(z, *a, **k))[1]
+    pipe._run = lambda *a, **k: (lambda x0: (sampled.append(x0), x0)[1])(run(*a, **k))
     long = pipe.predict(video, context=1, num_frames=14, steps=2)
     assert long.frames.shape == (14, 16, 16, 3) and np.array_equal(long.frames[0], video.frames[-1])
-    assert seen and max(seen) == 2 and decoded and max(decoded) == 2        # 5 frames = 2 latent frames
+    assert seen and max(seen) == 2                                        # 5 frames = 2 latent frames
+    # Windows 0-5, 4-9, 8-13 and, to end on frame 14, 9-14: the first decodes its 2 latents,
+    # the next two only their new one (continuing the stream); the last starts off the stream's
+    # latent grid (frame 9 is inside a group) and decodes on its own.
+    assert decoded == [2, 1, 1, 2]
+    # The continued frames are what the decoder makes of the stream as a whole: the first
+    # window's latents and each next window's new one, decoded in one pass.
+    stream = torch.cat([sampled[0]] + [x0[:, :, 1:] for x0 in sampled[1:3]], 2)      # (1, Cz, 4, 4, 4)
+    whole = pipe.vae.decode_to_uint8(pipe.vae.unscale(stream[0].float()), chunk=None)  # (13, H, W, 3)
+    assert np.abs(long.frames[1:13].astype(int) - np.asarray(whole)[1:13].astype(int)).max() <= 1
+    alone = np.asarray(pipe.vae.decode_to_uint8(pipe.vae.unscale(sampled[1][0].float()), chunk=None))
+    assert np.abs(alone[1:5].astype(int) - long.frames[5:9].astype(int)).max() > 1   # what decoding alone gave
     # a prompt schedule on the latent grid: windows stay 1 + 4k frames, the switch lands on a group
     windows = []
     known, mask = torch.zeros(3, 13, 16, 16), torch.zeros(1, 13, 16, 16)

@@ -86,6 +86,11 @@ def test_chunked_decoding_and_encoding_equal_whole_clip(kind, tf):
         streamed = np.concatenate(list(vae.decode_stream(z[0], chunk=3)), axis=0)  # (T, H, W, 3)
         assert streamed.dtype == np.uint8 and streamed.shape == (1 + 6 * tf, 16, 16, 3)
         assert np.abs(streamed.astype(int) - _to_uint8(whole)[0].astype(int)).max() <= 1
+        # A stream decoded piece by piece, its cache carried between calls, is the whole clip.
+        caches, cuts = {}, [(0, 2), (2, 3), (3, 7)]
+        pieces = [vae.decode_continue(z[:, :, a:b], caches) for a, b in cuts]
+        assert [p.shape[2] for p in pieces] == [1 + tf, tf, 4 * tf]
+        torch.testing.assert_close(torch.cat(pieces, 2), whole, rtol=1e-5, atol=1e-6)
         buf = torch.zeros(1, 1 + 6 * tf, 16, 16, 3, dtype=torch.uint8)
         assert vae.decode_to_uint8(z, out=buf, chunk=2) is buf
         assert np.array_equal(buf.numpy(), vae.decode_to_uint8(z, chunk=4))

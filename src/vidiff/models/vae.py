@@ -258,6 +258,17 @@ class VideoVAE(nn.Module):
                                 self.spatial_factor)
             yield y.float()
 
+    @torch.no_grad()
+    def decode_continue(self, z: Tensor, caches: dict, tile: Optional[int] = None,
+                        overlap: Optional[int] = None) -> Tensor:
+        """Decode the next latent frames ``z (B, Cz, t, h, w)`` of a stream whose causal cache
+        is ``caches`` (updated in place; ``{}`` starts a stream) -> float ``(B, C, T', H, W)``:
+        ``1 + tf (t - 1)`` frames for the first piece, ``tf t`` after. Pieces decoded one after
+        another equal :meth:`decode` of their concatenation (tiles aside), so a caller can
+        decode a clip as it is made, holding only the cache."""
+        self._check_latent(z)
+        return self._tiled(self.decoder, z, caches, tile, overlap, 1, self.spatial_factor).float()
+
     def decode(self, z: Tensor, chunk: Optional[int] = None, tile: Optional[int] = None,
                overlap: Optional[int] = None) -> Tensor:
         """``z (B, Cz, t, h, w) -> (B, C, 1 + tf(t-1), h*sf, w*sf)`` float; differentiable in one

@@ -17,11 +17,12 @@ a lower frame rate, for a model conditioned on frame stride), then fills between
 A latent model works in whole latent groups: its windows are ``1 + tf k`` frames and overlap
 by ``1 + tf m`` frames, so the known frames a window starts with code to whole known latents
 (:func:`~vidiff.diffusion.masks.latent_mask`), and a prompt change starts the first window
-whose first unknown frame is at or after it (up to ``tf - 1`` frames late). Each window is
-encoded and decoded on its own: the decoder never sees more than one window either. Its
-overlap frames are encoded again from the pixels the window before decoded, rather than
-continuing the latent stream with the decoder's causal cache, because a latent denoiser
-trained on whole clips takes its first latent to code one frame, not a group of ``tf``.
+whose first unknown frame is at or after it (up to ``tf - 1`` frames late). Each window's
+overlap frames are encoded again from the pixels the window before decoded (a latent denoiser
+trained on whole clips takes its first latent to code one frame, not a group of ``tf``), but
+its new latents are decoded with the decoder's causal cache carried from the window before, so
+the decoded clip is one stream: the frames after an overlap follow from the frames before it,
+as in a clip decoded whole. The decoder never holds more than two latent frames and its cache.
 """
 from __future__ import annotations
 
@@ -203,14 +204,25 @@ class FrameTasks:
         raw = torch.zeros_like(known) if keep_raw else None
         covered = torch.zeros(T, dtype=torch.bool)
         changes = [f for f, _ in schedule if f > 0]
+        streams, decoded_to = None, 0   # a latent model's decoder caches (one a sample) and the frame they reach
         for j, (start, end) in enumerate(self._windows(have[0], window, overlap, changes, group)):
             text = prompt_at(schedule, int(torch.nonzero(~_frame_known(have[0, :, start:end]))[0]) + start, prompt)
+            carried = 0
+            if self.vae is not None:
+                # A window that starts inside what the last one decoded, on whole latent groups,
+                # continues that decoder stream: its new latents follow the ones decoded last.
+                if streams is not None and start < decoded_to < end and (decoded_to - start - 1) % group == 0:
+                    carried = decoded_to - start
+                else:
+                    streams = [{} for _ in range(samples)]
             part = self._fill_window(from_levels(known[:, :, start:end]), have[:, :, start:end].float(), text,
                                      [seed + k + j * WINDOW_SEED_STEP for k in range(samples)],
                                      steps=steps, sampler=sampler, guidance=guidance,
                                      negative_prompt=negative_prompt, method=method,
                                      guidance_weight=guidance_weight, known_noise=known_noise,
-                                     frame_stride=frame_stride, progress=progress, callback=callback)
+                                     frame_stride=frame_stride, progress=progress, callback=callback,
+                                     streams=streams, carried=carried)
+            decoded_to = end
             if callback is not None:
                 callback({"window": j, "frames": (start, end), "prompt": text})
             part = to_levels(part)                                                  # (S, C, t, H, W) uint8
@@ -248,8 +260,14 @@ class FrameTasks:
     def _fill_window(self, known: Tensor, mask: Tensor, prompt: Optional[str], seeds: list[int], *,
                      steps: int, sampler: str, guidance: float, negative_prompt: Optional[str],
                      method: str, guidance_weight: float, known_noise: float,
-                     frame_stride: Optional[float], progress: bool, callback) -> Tensor:
-        """One window: ``known (S, C, t, H, W)``, ``mask (S, 1, t, H, W)`` -> ``(S, C, t, H, W)``."""
+                     frame_stride: Optional[float], progress: bool, callback,
+                     streams: Optional[list] = None, carried: int = 0) -> Tensor:
+        """One window: ``known (S, C, t, H, W)``, ``mask (S, 1, t, H, W)`` -> ``(S, C, t, H, W)``.
+
+        A latent model decodes through ``streams`` (one decoder cache per sample, carried from
+        window to window); the first ``carried`` frames were decoded by the window before (they
+        are known here and come back as given), and the latents after them continue its stream.
+        """
         S, _, t, H, W = known.shape
         cond, negative = self._prompt_conditioning(prompt, negative_prompt, S)
         units, units_mask = self._to_units(known, mask)
@@ -267,7 +285,12 @@ class FrameTasks:
                        negative=negative, method=method, guidance_weight=guidance_weight)
         if self.vae is None:
             return x0.float().cpu()
-        return torch.stack([v.to_tensor() for v in self.decode(x0)])            # (S, C, t, H, W)
+        z = self.vae.unscale(x0.float())                                     # (S, Cz, t', h, w)
+        skip = 1 + (carried - 1) // self.vae.temporal_factor if carried else 0   # latents of the carried frames
+        # Two latent frames at a time, as decode does: memory stays one piece's.
+        new = torch.cat([torch.cat([self.vae.decode_continue(z[k:k + 1, :, a:a + 2], streams[k]).cpu()
+                                    for a in range(skip, z.shape[2], 2)], 2) for k in range(S)])
+        return torch.cat([known[:, :, :carried], new.clamp(-1, 1)], 2)        # (S, C, t, H, W)
 
     def _prompt_conditioning(self, prompt: Optional[str], negative_prompt: Optional[str], rows: int):
         if prompt is not None and self.text_encoder is None:
