@@ -13,7 +13,9 @@ from vidiff.data.common import box_downsample
 from vidiff.diffusion import TiledDenoiser, blend_weights, tile_starts
 from vidiff.pipelines.video import VideoPipeline
 from vidiff.train.objective import DiffusionObjective, SampleDraws
-from vidiff.train.run import build_trainer
+from vidiff.pipelines.samples import write_samples
+from vidiff.train.run import build_trainer, train
+from vidiff.video import Video
 
 SMALL = {"channels": [8, 16], "norm_groups": 4, "patch": 2, "spatial_attention": [],
          "temporal_attention": [], "mid_attention": False}
@@ -81,6 +83,17 @@ def test_a_stage_trains_through_its_low_resolution_input(tmp_path):
     p2 = network.config.patch ** 2
     grad = network.conv_in.weight.grad.abs().sum(dim=(0, 2, 3))               # (6 p^2,)
     assert grad.shape == (6 * p2,) and torch.all(grad[3 * p2:] > 0)
+
+
+def test_a_text_conditioned_stage_trains_and_writes_its_samples(tmp_path):
+    """A stage that reads the prompt samples each clip under its own caption at the end of
+    training (without one, upscale refuses a text-conditioned stage)."""
+    run = _run(text={"kind": "builtin", "dim": 16, "depth": 1, "heads": 2},
+               train={"steps": 1, "batch_size": 2, "warmup_steps": 1, "out_dir": str(tmp_path)},
+               sample={"steps": 1})
+    train(run, progress=False, sample_writer=write_samples)
+    grids = list((tmp_path / "samples").glob("*.mp4"))
+    assert len(grids) == 1 and Video.load(grids[0]).frames.shape == (4, 3 * 16 + 2 * 2, 4 * 16 + 3 * 2, 3)
 
 
 def test_upscale_kind_is_checked():

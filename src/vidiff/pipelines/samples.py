@@ -88,7 +88,8 @@ def controlnet_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> 
 
 def upscale_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> None:
     """The dataset's last four clips: their box-downsampled inputs (top row, pixels repeated to
-    the output size), the stage's upscaled videos (middle) and the clips themselves (bottom)."""
+    the output size), the stage's upscaled videos (middle; a text-conditioned stage reads each
+    clip's caption) and the clips themselves (bottom)."""
     pipe = load(checkpoint)
     items = [trainer.dataset[len(trainer.dataset) - 1 - i] for i in range(4)]
     s, scale = run.sample, run.upscale.scale
@@ -96,7 +97,8 @@ def upscale_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> Non
     for item in items:
         low = box_downsample(item["video"], scale)                                  # (3, T, h, w)
         inputs.append(Video.from_tensor(low.repeat_interleave(scale, 2).repeat_interleave(scale, 3), fps=pipe.fps))
-        outputs.append(pipe.upscale(low, steps=s.steps, sampler=s.sampler, seed=0))
+        told = {"prompt": item["caption"]} if pipe.text_encoder is not None else {}
+        outputs.append(pipe.upscale(low, steps=s.steps, sampler=s.sampler, seed=0, **told))
         truths.append(Video.from_tensor(item["video"], fps=pipe.fps))
     Video.grid(inputs + outputs + truths, cols=4).save(out)
 
