@@ -44,11 +44,6 @@ def shapes_clips(n: int, size: int = 64, frames: int = 16, seed: int = 2468) -> 
             for triple, frames in held_out_clips(n, frames=frames, size=size, seed=seed)]
 
 
-def told(pipe, text: str) -> dict:
-    """The prompt option of ``pipe.upscale``: a text-conditioned stage reads the clip's caption."""
-    return {"prompt": text} if pipe.text_encoder is not None else {}
-
-
 def photopan_clips(n: int, size: int = 64, frames: int = 16) -> list[tuple[str, torch.Tensor]]:
     data = build_dataset({"name": "photopan", "frames": frames, "size": size})
     return [(item["caption"], item["video"]) for item in (data[1_000_000 + i] for i in range(n))]
@@ -77,7 +72,7 @@ def run_sr(models: list[str], clips: int, levels: list[float]) -> dict:
                 for k, (text, clip) in enumerate(data):
                     low = box_downsample(clip, 2)
                     start = time.perf_counter()
-                    out = pipe.upscale(low, noise_level=level, seed=k, **told(pipe, text)).to_tensor()
+                    out = pipe.upscale(low, noise_level=level, seed=k, prompt=pipe.prompt_for(text)).to_tensor()
                     seconds += time.perf_counter() - start
                     scores.append(quality(out, clip))
                     consistency.append(float((box_downsample(out, 2) - low).abs().mean()) * 127.5)
@@ -103,7 +98,8 @@ def run_cascade(base: str, stage: str, triples: int, samples: int, level: float,
     base_seconds = (time.perf_counter() - start) / len(low)
     targets = [t for t in chosen for _ in range(samples)]
     start = time.perf_counter()
-    high = [sr.upscale(v, noise_level=level, seed=k, **told(sr, prompts[k // samples])) for k, v in enumerate(low)]
+    high = [sr.upscale(v, noise_level=level, seed=k, prompt=sr.prompt_for(prompts[k // samples]))
+            for k, v in enumerate(low)]
     sr_seconds = (time.perf_counter() - start) / len(low)
     cubic = [Video.from_tensor(bicubic(v.to_tensor(), 2)) for v in low]
     held = len(DEMO_HELD_OUT) * samples

@@ -101,8 +101,9 @@ class SyntheticDataset(Dataset):
     quality"). ``L`` and the window come from their own stream of the item's generator.
 
     ``frame_strides`` (for a subclass whose ``_make`` takes ``step=``: motion with a speed of
-    its own, not one set by the clip's length, as MovingDigits has) renders each clip at one of these time steps, drawn per item
-    from a third stream: a stride ``s`` shows the scene at times ``0, s, 2s, ...`` (``s < 1``:
+    its own, not one set by the clip's length, as MovingDigits has) renders each clip at one of
+    these time steps, drawn per item from a third stream: a stride ``s`` shows the scene at
+    times ``0, s, 2s, ...`` (``s < 1``:
     slow motion, the frames between those of a stride-1 clip) and is the item's
     ``frame_stride``. What a temporal-interpolation stage trains on: the frame rates it must
     produce, labelled, so one model serves several factors.

@@ -204,7 +204,7 @@ class Cascade:
         outputs, current = [], video
         for i, plan in enumerate(plans):
             stage, pipe = plan.stage, self.pipeline(plan.path)
-            text = prompt if pipe.text_encoder is not None else None
+            text = pipe.prompt_for(prompt)
             sampling = {k: v for k, v in dataclasses.asdict(stage).items()
                         if k in ("steps", "sampler", "guidance") and v is not None}
             if stage.task == "base":

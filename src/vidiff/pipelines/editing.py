@@ -114,7 +114,7 @@ class EditingTasks:
                          cfg_inversion=cfg_inversion, strength=strength, model=self.fingerprint(),
                          model_name=self._model_name(), frames=clip.shape[1], height=clip.shape[2],
                          width=clip.shape[3], fps=float(fps), null_text=null_text, null_pooled=null_pooled,
-                         spacing=INVERT_SPACING, t_min=inversion_floor(grid_t_max, steps))
+                         spacing=on_grid["spacing"], t_min=on_grid["t_min"])
 
     def load_noise(self, path: Union[str, Path]) -> Inversion:
         """A noise file, refused (ValueError naming both models) unless this model made it."""

@@ -97,8 +97,8 @@ def upscale_samples(run: RunConfig, trainer, checkpoint: Path, out: Path) -> Non
     for item in items:
         low = box_downsample(item["video"], scale)                                  # (3, T, h, w)
         inputs.append(Video.from_tensor(low.repeat_interleave(scale, 2).repeat_interleave(scale, 3), fps=pipe.fps))
-        told = {"prompt": item["caption"]} if pipe.text_encoder is not None else {}
-        outputs.append(pipe.upscale(low, steps=s.steps, sampler=s.sampler, seed=0, **told))
+        outputs.append(pipe.upscale(low, steps=s.steps, sampler=s.sampler, seed=0,
+                                    prompt=pipe.prompt_for(item["caption"])))
         truths.append(Video.from_tensor(item["video"], fps=pipe.fps))
     Video.grid(inputs + outputs + truths, cols=4).save(out)
 

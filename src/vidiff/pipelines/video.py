@@ -123,6 +123,11 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
         with torch.no_grad():
             return self.text_encoder.conditioning(prompts).to(self.device)
 
+    def prompt_for(self, prompt: Optional[str]) -> Optional[str]:
+        """``prompt`` if this model reads text, else None: what to hand a model when one prompt
+        goes to several (a cascade's stages, a stage's samples), some of which have no text."""
+        return prompt if self.text_encoder is not None else None
+
     def denoiser(self, guidance: float = 1.0, negative: Optional[Conditioning] = None,
                  rescale: float = 0.0, frame_guidance: Optional[float] = None,
                  network: Optional[nn.Module] = None):
