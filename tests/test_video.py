@@ -340,10 +340,10 @@ def test_bytes_round_trip_matches_the_path_route(tmp_path, fmt):
     video = clip(H=33, W=47)
     data = video.to_bytes(fmt)
     path = video.save(tmp_path / f"x.{fmt}")
-    # Bytes are compared for gif only: the webm muxer stamps a random segment id, and x264 writes
-    # its option string into the stream (seen to differ by one byte under load), so mp4 and
-    # webm are compared by their decoded frames below.
-    if fmt == "gif":
+    # The webm muxer stamps a random segment id, so webm is compared by its decoded frames only.
+    # x264 runs on one thread, so the mp4 bytes must match (threaded, they were seen to differ on
+    # a loaded machine).
+    if fmt != "webm":
         assert data == path.read_bytes()
     from_path, from_bytes = Video.load(path), Video.load(data)
     assert from_bytes.frames.shape == (9, 33, 47, 3)

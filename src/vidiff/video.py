@@ -147,7 +147,8 @@ class Video:
 
         A path's extension picks the format (``format``, if given, must agree with it):
 
-        * ``.mp4``: H.264 (libx264, yuv420p, BT.709, crf 15), index first (faststart). 4:2:0
+        * ``.mp4``: H.264 (libx264, yuv420p, BT.709, crf 15), index first (faststart), on one
+          encoder thread so that the same clip always gives the same bytes. 4:2:0
           needs even sides, so an odd height/width is padded by repeating the last row/column;
           the true size is stored in the file's comment tag and :meth:`load` crops back to it
           (other players show the pad).
@@ -212,7 +213,9 @@ class Video:
         # chroma sited at the centre of each 2x2 block, as swscale subsamples it (H.264 decoders
         # otherwise assume left siting and shift chroma by half a pixel)
         options = {"crf": str(crf), "chroma_sample_location": "center",
-                   **{"libx264": {"preset": "medium"},
+                   # threaded x264 was seen to encode the same clip to different frames on a
+                   # loaded machine; one thread makes a clip's bytes repeatable
+                   **{"libx264": {"preset": "medium", "threads": "1"},
                       "libvpx-vp9": {"b": "0", "row-mt": "1", "cpu-used": "2"},
                       "libvpx": {"b": "20M"}}[codec]}  # VP8's crf needs a bitrate cap
         frames, h, w = self.frames, self.height, self.width
