@@ -79,6 +79,7 @@ class Trainer:
             raise ValueError(f"train.batch_size {per_step} must be divisible by processes x grad_accum "
                              f"= {self.dist.world} x {train.grad_accum}")
         self.micro_batch = per_step // (self.dist.world * train.grad_accum)
+        self._loader = None   # batches from the current step on: made by fit, or by a first train_step
         self.objective = objective.to(self.dist.device)
         self._frozen = self._freeze(train.trainable)
         self.model = self._wrap(self.objective)
@@ -256,7 +257,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> dict:
+        """One optimizer step on the next batch; returns its metrics."""
         cfg, step = self.cfg, self.step
+        if self._loader is None:
+            self._loader = self._batches()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         image_step = self._image_step(step)
