@@ -36,7 +36,44 @@ def linear_denoiser(x, t, cond):
     return (1 + 2 * k + 3 * m + 5 * k * m)[:, None].expand_as(x).clone()
 
 
+class CombiningDenoiser:
+    """``linear_denoiser`` with ``combines_passes``: it is handed the guidance weights and sums
+    the stacked passes itself, as a network with a pixel head does."""
+    combines_passes = True
+
+    def __init__(self):
+        self.weights = []
+
+    def __call__(self, x, t, cond):
+        return linear_denoiser(x, t, cond)
+
+    def combined(self, x, t, cond, weights):
+        self.weights.append(list(weights))
+        groups = linear_denoiser(x, t, cond).chunk(len(weights))
+        return sum(w * g for w, g in zip(weights, groups))
+
+
 # --------------------------------------------------------------------------- closed form
+def test_guidance_weights_handed_to_a_combining_denoiser_give_the_formula():
+    # Every pass layout (three passes, two with text, two without text, text only) gives
+    # the closed form of the plain path, through one call with weights that sum to 1.
+    x, t = torch.zeros(B, 3), torch.full((B,), 0.5)
+    cases = [(frame_cond(), 3.0, 2.0, 3), (frame_cond(), 7.5, None, 2), (frame_cond(text=False), 3.0, 2.0, 2),
+             (Conditioning(text=torch.randn(B, 3, 4)), 3.0, 2.0, 2)]
+    for cond, scale, frame_scale, passes in cases:
+        combining = CombiningDenoiser()
+        out = GuidedDenoiser(combining, scale, frame_scale=frame_scale)(x, t, cond)
+        expected = GuidedDenoiser(linear_denoiser, scale, frame_scale=frame_scale)(x, t, cond)
+        assert torch.allclose(out, expected), (scale, frame_scale)
+        (weights,) = combining.weights
+        assert len(weights) == passes and abs(sum(weights) - 1) < 1e-9
+    # rescale needs x_full by itself: the plain path runs, and hands over no weights
+    combining = CombiningDenoiser()
+    out = GuidedDenoiser(combining, 3.0, rescale=0.5)(x + 1, t, frame_cond())
+    assert combining.weights == [] and torch.allclose(
+        out, GuidedDenoiser(linear_denoiser, 3.0, rescale=0.5)(x + 1, t, frame_cond()))
+
+
 def test_two_scale_guidance_in_closed_form():
     x, t = torch.zeros(B, 3), torch.full((B,), 0.5)
     m = torch.tensor([0.5, 0.25])

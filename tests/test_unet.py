@@ -154,6 +154,34 @@ def test_pixel_head_starts_as_the_identity():
         UNetConfig(pixel_head=-1)
 
 
+def test_combined_passes_guide_the_coarse_prediction_and_add_one_head_correction():
+    # Two groups of B = 2 rows (one text, another); weights w. The reference, by hand: each
+    # group's coarse prediction captured at the head's input, and group 0's own output (its
+    # head's correction included): out = plain_0 + sum_k w_k coarse_k - coarse_0.
+    model = make(text_dim=TEXT_DIM, patch=2, pixel_head=8)
+    perturb(model, lambda n: n.startswith("pixel_head."), scale=0.5)
+    x, t = clip(), torch.rand(2)
+    conds = [text_cond(seed=1), text_cond(seed=5)]
+    both = (torch.cat([x, x]), torch.cat([t, t]), conds[0].cat(conds[1]))
+    coarse = []
+    capture = model.pixel_head.register_forward_pre_hook(lambda m, args: coarse.append(
+        args[0].unflatten(0, (2, -1)).transpose(1, 2)))   # (B*T, C, H, W) -> (B, C, T, H, W)
+    with torch.no_grad():
+        plain = [model(x, t, c) for c in conds]
+    capture.remove()
+    for w in ([1.0, 0.0], [5.0, -4.0]):
+        with torch.no_grad():
+            out = model(*both, combine=w)
+        expected = plain[0] + w[0] * coarse[0] + w[1] * coarse[1] - coarse[0]
+        assert out.shape == x.shape and torch.allclose(out, expected, rtol=1e-5, atol=1e-4), w
+    # combining the finished predictions differs: the heads' corrections are not scaled
+    assert not torch.allclose(out, 5.0 * plain[0] - 4.0 * plain[1], atol=1e-3)
+    with pytest.raises(ValueError, match="pixel head"):
+        make(text_dim=TEXT_DIM, patch=2)(*both, combine=[1.0, 0.0])
+    with pytest.raises(ValueError, match="whole groups"):
+        model(x[:1].repeat(3, 1, 1, 1, 1), t[:1].repeat(3), text_cond(B=3), combine=[0.5, 0.5])
+
+
 def test_pixel_head_gives_back_full_resolution_detail_a_stem_blurs():
     # Asked to return its input (what an x0 network must do at low noise), a network on a
     # 4x4 stem rebuilds each 4x4 block from coarse features; the head sees the pixels. Same

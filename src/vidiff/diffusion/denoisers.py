@@ -39,6 +39,22 @@ class NetworkDenoiser:
         pred = self.network(x, t, cond)
         return prediction_to_x0(self.parameterization, pred, x, t, self.schedule)
 
+    @property
+    def combines_passes(self) -> bool:
+        """Whether the network combines guidance passes itself (``network(..., combine=w)``:
+        a U-Net with a pixel head combines before the head)."""
+        return bool(getattr(self.network, "combines_passes", False))
+
+    def combined(self, x: Tensor, t: Tensor, cond, weights: list[float]) -> Tensor:
+        """``sum_k weights[k] * x0_hat_k`` over ``n = len(weights)`` stacked groups of ``B``
+        rows (``x (n*B, ...)``, ``t (n*B,)``, every group at the same ``x_t`` and ``t``), the
+        network combining inside. The conversion to ``x0_hat`` is affine in the prediction
+        with coefficients set by ``(x_t, t)``, and the weights sum to 1, so combining the
+        predictions first gives the same sum."""
+        b = x.shape[0] // len(weights)
+        pred = self.network(x, t, cond, combine=weights)                       # (B, ...)
+        return prediction_to_x0(self.parameterization, pred, x[:b], t[:b], self.schedule)
+
 
 class GuidedDenoiser:
     """Classifier-free guidance (Ho & Salimans 2022) around any denoiser, with separate scales
@@ -72,6 +88,10 @@ class GuidedDenoiser:
     null text wherever a pass has no text: those passes are ``cond.with_text_of(negative)``
     (and its ``.null(text=False, frames=True)``), so known frames, frame stride, low-resolution
     clip and control stay in them.
+
+    A denoiser with ``combines_passes`` (a network with a pixel head, see
+    :meth:`UNet3D.forward`) is handed the formula's weights and sums the passes itself
+    (:meth:`NetworkDenoiser.combined`), except under ``rescale``, which needs ``x_full``.
 
     ``rescale`` (phi, Lin et al. 2023) pulls the guided prediction's per-sample standard
     deviation back towards that of ``x_full``, ``phi * x_cfg * std(x_full) / std(x_cfg) +
@@ -117,6 +137,16 @@ class GuidedDenoiser:
         if len(passes) == 1:
             return self.denoiser(x, t, cond)
         n, (first, *rest) = len(passes), passes.values()
+        if self.rescale == 0 and getattr(self.denoiser, "combines_passes", False):
+            # the formula below as weights on the passes, summed inside the network
+            weights = {"full": self.scale, "frames": 1.0 - self.scale, "none": 0.0}
+            if "none" in passes:
+                weights["frames"] -= 1.0 - self.frame_scale
+                weights["none"] = 1.0 - self.frame_scale
+            if "frames" not in passes:   # no text pass: x_frames is x_full
+                weights["full"] += weights["frames"]
+            return self.denoiser.combined(torch.cat([x] * n), torch.cat([t] * n), first.cat(*rest),
+                                          [weights[role] for role in passes])  # (B, ...)
         out = self.denoiser(torch.cat([x] * n), torch.cat([t] * n), first.cat(*rest))  # (n*B, ...)
         pred = dict(zip(passes, out.chunk(n)))                                          # role -> (B, ...)
         x_full = pred["full"]

@@ -179,18 +179,25 @@ class ControlledNetwork(nn.Module):
             raise ValueError(f"control scale must be a finite number >= 0, got {scale!r}")
         self.base, self.controlnet, self.scale, self.span = base, controlnet, float(scale), check_span(span)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None) -> Tensor:
-        # x: (B, C, T, H, W), t: (B,) -> (B, C_out, T, H, W)
+    @property
+    def combines_passes(self) -> bool:
+        """Whether :meth:`forward` takes ``combine`` (the base's, see :meth:`UNet3D.forward`)."""
+        return bool(getattr(self.base, "combines_passes", False))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,
+                combine: Optional[Sequence[float]] = None) -> Tensor:
+        # x: (B, C, T, H, W), t: (B,) -> (B, C_out, T, H, W), or (B / n, ...) with n weights to combine
+        extra = {} if combine is None else {"combine": combine}
         if cond is None or cond.control is None:
-            return self.base(x, t, cond)
+            return self.base(x, t, cond, **extra)
         plain = cond.replace(control=None)
         progress = 1.0 - t
         on = (progress >= self.span[0] - 1e-6) & (progress <= self.span[1] + 1e-6)   # (B,)
         if self.scale == 0.0 or not bool(on.any()):
-            return self.base(x, t, plain)
+            return self.base(x, t, plain, **extra)
         weight = on.to(x.dtype) * self.scale                                    # (B,)
         residuals = [r * weight.view(-1, *([1] * (r.ndim - 1))) for r in self.controlnet(x, t, cond)]
-        return self.base(x, t, plain, residuals)
+        return self.base(x, t, plain, residuals, **extra)
 
 
 CONTROLNET_MODELS: dict[str, ControlNetConfig] = {

@@ -242,10 +242,33 @@ class UNet3D(nn.Module):
         skips, h, ctx = self._encode(x, t, cond, hint)
         return [_to_video(s, ctx.B) for s in skips + [h]]                       # (B, C_i, T, H_i, W_i)
 
+    @property
+    def combines_passes(self) -> bool:
+        """Whether :meth:`forward` takes ``combine``: a network with a pixel head does."""
+        return self.pixel_head is not None
+
     def forward(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None,
-                residuals: Optional[Sequence[Tensor]] = None) -> Tensor:
-        """Predict from ``x (B, C, T, H, W)``, ``t (B,)``; ``residuals`` as :meth:`residual_shapes`."""
+                residuals: Optional[Sequence[Tensor]] = None,
+                combine: Optional[Sequence[float]] = None) -> Tensor:
+        """Predict from ``x (B, C, T, H, W)``, ``t (B,)``; ``residuals`` as :meth:`residual_shapes`.
+
+        ``combine`` (a network with a pixel head only): ``n`` weights, classifier-free
+        guidance's. The batch is then ``n`` stacked groups of ``B / n`` rows (one per guidance
+        pass, the fully conditioned one first) and the output is one group, ``(B / n, C_out, T,
+        H, W)``: the weights combine the trunk's coarse predictions, and the pixel head's
+        correction of the first group (as a plain forward computes it) is added once.
+
+        Why (docs/benchmarks.md, "The full-resolution head"): guidance on the finished
+        predictions scales the difference of two heads' corrections, detail that is in neither
+        (a 32-wide head's stripes cost 11 points of adherence at guidance 5); the head run on
+        the guided prediction instead meets an input it never saw in training (a 16-wide head
+        lost 7 points).
+        """
         self._check(x, t)
+        if combine is not None and (not self.combines_passes or x.shape[0] % len(combine)):
+            raise ValueError(f"combine needs a network with a pixel head (pixel_head is "
+                             f"{self.config.pixel_head}) and a batch of whole groups (got "
+                             f"{x.shape[0]} rows for {len(combine)} weights)")
         if residuals is not None:
             expected = self.residual_shapes(x.shape)
             got = [tuple(r.shape) for r in residuals]
@@ -263,8 +286,16 @@ class UNet3D(nn.Module):
         h = self.conv_out(F.silu(self.norm_out(h)))                             # (B*T, C_out p^2, H/p, W/p)
         if self.config.patch > 1:
             h = F.pixel_shuffle(h, self.config.patch)                           # (B*T, C_out, H, W)
+        guided = None
+        if combine is not None:
+            weights = torch.as_tensor(combine, dtype=h.dtype, device=h.device)
+            groups = h.unflatten(0, (len(weights), -1))                         # (n, B/n*T, C_out, H, W)
+            h, ctx = groups[0], ctx.first_rows(ctx.B // len(weights))          # the fully conditioned pass
+            guided = torch.einsum("n,n...->...", weights, groups) - h          # (B/n*T, C_out, H, W)
         if self.pixel_head is not None:
             h = self.pixel_head(h, ctx)                                         # (B*T, C_out, H, W)
+        if guided is not None:
+            h = h + guided                                                      # guidance on the coarse prediction
         return _to_video(h, ctx.B).contiguous()                                 # (B, C_out, T, H, W)
 
 

@@ -58,6 +58,12 @@ class _Context:
     rope: dict                           # head width -> (cos, sin) each (T, head width)
     pixels: Optional[Tensor] = None      # (B*T, C_in', H, W): the input at full resolution
 
+    def first_rows(self, b: int) -> "_Context":
+        """The context of the first ``b`` clips of the batch."""
+        return _Context(b, self.T, self.emb[:b], None if self.text is None else self.text[:b],
+                        None if self.text_mask is None else self.text_mask[:b], self.rope,
+                        None if self.pixels is None else self.pixels[:b * self.T])
+
 
 #################################################################################
 #                                    Blocks                                     #
