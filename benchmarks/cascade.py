@@ -18,6 +18,7 @@ generated frames only, for factors 2 and 4.
 
     python benchmarks/cascade.py sr --clips 12
     python benchmarks/cascade.py cascade --triples 12 --samples 4
+    python benchmarks/cascade.py cascade --triples 12 --samples 4 --direct runs/shapes-64
     python benchmarks/cascade.py interp --models runs/digits-interp runs/digits --clips 12
 
 ``compute``: the training compute of a chain of run configs (``--configs``; a stage that starts
