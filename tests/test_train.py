@@ -110,6 +110,16 @@ def test_resume_equals_uninterrupted(tmp_path, buckets):
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
+def test_train_step_alone_follows_fit(tmp_path):
+    # A caller that steps by hand (benchmarks/cascade.py counts one step's FLOPs) gets the
+    # batches fit would have given: the same losses, step for step.
+    by_hand = build_trainer(tiny_config(tmp_path / "a", "train.steps=3"), progress=False)
+    losses = [by_hand.train_step()["loss"] for _ in range(3)]
+    fitted = build_trainer(tiny_config(tmp_path / "b", "train.steps=3"), progress=False)
+    fitted.fit()
+    assert by_hand.step == 3 and losses == [h["loss"] for h in fitted.history]
+
+
 def assert_close_per_tensor(a, b, rtol, tensor_rtol=5e-4):
     """``|a - b| <= rtol |b|`` over all floating tensors together, and ``<= tensor_rtol |b|``
     for each tensor. Element-wise rtol cannot hold: Adam divides by the root of tiny,
