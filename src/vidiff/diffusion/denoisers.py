@@ -46,11 +46,12 @@ class NetworkDenoiser:
         return bool(getattr(self.network, "combines_passes", False))
 
     def combined(self, x: Tensor, t: Tensor, cond, weights: list[float]) -> Tensor:
-        """``sum_k weights[k] * x0_hat_k`` over ``n = len(weights)`` stacked groups of ``B``
-        rows (``x (n*B, ...)``, ``t (n*B,)``, every group at the same ``x_t`` and ``t``), the
-        network combining inside. The conversion to ``x0_hat`` is affine in the prediction
-        with coefficients set by ``(x_t, t)``, and the weights sum to 1, so combining the
-        predictions first gives the same sum."""
+        """The guided ``x0_hat (B, ...)`` of ``n = len(weights)`` stacked passes of ``B`` rows
+        (``x (n*B, ...)``, ``t (n*B,)``, every pass at the same ``x_t`` and ``t``, the fully
+        conditioned one first), combined by the network itself (``network(..., combine=
+        weights)``, see :meth:`UNet3D.forward`). The conversion to ``x0_hat`` is affine in the
+        prediction with coefficients set by ``(x_t, t)`` and the weights sum to 1, so it
+        applies to the combined prediction as it would to each pass's."""
         b = x.shape[0] // len(weights)
         pred = self.network(x, t, cond, combine=weights)                       # (B, ...)
         return prediction_to_x0(self.parameterization, pred, x[:b], t[:b], self.schedule)
