@@ -5,7 +5,9 @@ is about (run kind, architecture, schedule and parameterization, data set, text 
 The configs are found by glob, so a new file under configs/ is covered without a new test.
 """
 import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,9 +109,16 @@ def config_writing(out_dir: str, key: str, kind: str = None) -> Path:
 
 
 def source_config(source: str, key: str) -> Path:
-    """The config under configs/ whose run writes ``source`` (a run directory, or a shipped
-    model's name: the run its shipped ``train.yaml`` wrote)."""
+    """The config under configs/ whose run writes ``source``: a run directory, or a shipped
+    model's name (the last config its card's command trains, else the run its shipped
+    ``train.yaml`` wrote; a shipped run may have written elsewhere, e.g. ``train.out_dir=``)."""
     shipped = ROOT / "src" / "vidiff" / "shipped" / source
+    if (shipped / "card.json").is_file():
+        command = json.loads((shipped / "card.json").read_text())["command"]
+        trained = re.findall(r"vidiff train (configs/\S+\.ya?ml)", command)
+        if trained:
+            assert ROOT / trained[-1] in CONFIGS, f"{key}: {source!r} names {trained[-1]}, not under configs/"
+            return ROOT / trained[-1]
     if (shipped / "train.yaml").is_file():
         source = load_file(shipped / "train.yaml")["train"]["out_dir"]
     return config_writing(source, key)
