@@ -315,4 +315,6 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
     if applied != "True":
         pytest.skip("not glibc: malloc thresholds cannot be tuned here")
     pages = 8 * 64 * 2 ** 20 // 4096
-    assert int(default) >= 0.9 * pages and int(tuned) <= pages // 8, (default, tuned)
+    # tuned: at most one fresh block, plus a few stray pages the interpreter touches between
+    # rounds (CI once counted 16,385)
+    assert int(default) >= 0.9 * pages and int(tuned) <= pages // 8 + 64, (default, tuned)
