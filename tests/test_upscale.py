@@ -11,9 +11,9 @@ from vidiff.config import ConfigError, from_dict
 from vidiff.data import collate
 from vidiff.data.common import box_downsample
 from vidiff.diffusion import TiledDenoiser, blend_weights, tile_starts
+from vidiff.pipelines.samples import write_samples
 from vidiff.pipelines.video import VideoPipeline
 from vidiff.train.objective import DiffusionObjective, SampleDraws
-from vidiff.pipelines.samples import write_samples
 from vidiff.train.run import build_trainer, train
 from vidiff.video import Video
 

@@ -130,6 +130,16 @@ class GuidedDenoiser:
             passes["none"] = no_text.null(text=False, frames=True)
         return passes
 
+    def weights(self, passes: dict) -> list[float]:
+        """The formula's weight on each of :meth:`passes` (in its order); they sum to 1."""
+        w = {"full": self.scale, "frames": 1.0 - self.scale, "none": 0.0}
+        if "none" in passes:
+            w["frames"] -= 1.0 - self.frame_scale
+            w["none"] = 1.0 - self.frame_scale
+        if "frames" not in passes:   # no text pass: x_frames is x_full, the text changes nothing
+            w["full"] += w["frames"]
+        return [w[role] for role in passes]
+
     def __call__(self, x: Tensor, t: Tensor, cond: Optional[Conditioning] = None) -> Tensor:
         # x: (B, ...), t: (B,) -> guided x0_hat (B, ...)
         if cond is not None:
@@ -138,26 +148,15 @@ class GuidedDenoiser:
         if len(passes) == 1:
             return self.denoiser(x, t, cond)
         n, (first, *rest) = len(passes), passes.values()
+        weights = self.weights(passes)
         if self.rescale == 0 and getattr(self.denoiser, "combines_passes", False):
-            # the formula below as weights on the passes, summed inside the network
-            weights = {"full": self.scale, "frames": 1.0 - self.scale, "none": 0.0}
-            if "none" in passes:
-                weights["frames"] -= 1.0 - self.frame_scale
-                weights["none"] = 1.0 - self.frame_scale
-            if "frames" not in passes:   # no text pass: x_frames is x_full
-                weights["full"] += weights["frames"]
             return self.denoiser.combined(torch.cat([x] * n), torch.cat([t] * n), first.cat(*rest),
-                                          [weights[role] for role in passes])  # (B, ...)
-        out = self.denoiser(torch.cat([x] * n), torch.cat([t] * n), first.cat(*rest))  # (n*B, ...)
-        pred = dict(zip(passes, out.chunk(n)))                                          # role -> (B, ...)
-        x_full = pred["full"]
-        x_frames = pred.get("frames", x_full)   # no text pass: the text changes nothing
-        guided = x_frames + self.scale * (x_full - x_frames)
-        if "none" in pred:
-            guided = guided + (1.0 - self.frame_scale) * (pred["none"] - x_frames)
+                                          weights)                                # (B, ...)
+        out = self.denoiser(torch.cat([x] * n), torch.cat([t] * n), first.cat(*rest)).chunk(n)  # n x (B, ...)
+        guided = sum(w * pass_ for w, pass_ in zip(weights, out))
         if self.rescale > 0:
             dims = tuple(range(1, x.ndim))
-            ratio = x_full.std(dim=dims) / guided.std(dim=dims).clamp(min=1e-12)  # (B,)
+            ratio = out[0].std(dim=dims) / guided.std(dim=dims).clamp(min=1e-12)  # x_full's std / guided's (B,)
             guided = self.rescale * guided * broadcast(ratio, guided) + (1 - self.rescale) * guided
         return guided
 
