@@ -64,6 +64,7 @@ def run_train(args) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(args.nproc, args.argv)
     trainer = train(run, resume=args.resume, sample_writer=None if args.no_samples else write_samples)
+    trainer.dist.close()
     if trainer.dist.main:
         print(f"checkpoints in {os.path.join(run.train.out_dir, 'checkpoints')}")
     return 0

@@ -65,6 +65,14 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Wait for every rank, then tear the process group down. Left to interpreter exit,
+        gloo's worker threads can be destroyed while still joinable, and the rank aborts
+        ("terminate called without an active exception") after its work is done."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             value = value.clone()
