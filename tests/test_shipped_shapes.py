@@ -6,6 +6,7 @@ Unlike tests/test_shipped.py (the mechanism, on a tiny model in a temporary fold
 file reads the package's own ``vidiff/shipped/shapes/``.
 """
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,11 @@ def test_shapes_is_installed_within_the_budget(package_models, card):
 
 
 def test_shapes_was_trained_by_the_committed_configs(package_models, card):
-    """The recorded run config is the committed file's, and the card's command runs all four stages."""
+    """The recorded run config is the committed file's (with the overrides of a resume the
+    card's command ends with), and the card's command runs all four stages."""
     stored = yaml.safe_load((package_models / "shapes" / "train.yaml").read_text())
-    committed = load_run_config(str(CONFIG))
+    resumed = re.search(r"vidiff train --resume \S+((?: [\w.]+=\S+)*)\s*$", card["command"])
+    committed = load_run_config(str(CONFIG), resumed.group(1).split() if resumed else [])
     recorded = from_dict(RunConfig, stored)
     for part in ("model", "diffusion", "text", "data", "tasks", "sample"):
         assert to_dict(getattr(recorded, part)) == to_dict(getattr(committed, part)), part
