@@ -33,12 +33,14 @@ With ``--dataset digits`` (a MovingDigits model, ``mask`` method): forecasting 4
 extended to 128. A long clip passes when every frame's foreground area (pixels above half
 brightness) stays within 0.5-2x of the 16 given frames' mean area (no digit lost, duplicated
 or smeared) and the digits still move over its last 16 frames (mean centroid speed of at
-least a quarter of the given frames').
+least a quarter of the given frames'). ``--forecast-prompt`` tells both the forecast and the
+extension each clip's caption, which names its digits (at ``--forecast-guidance``).
 
 The last line is the headline. Usage::
 
     python benchmarks/tasks.py --model shapes --t2v runs/shapes --clips 24
     python benchmarks/tasks.py --dataset digits --model digits --clips 16
+    python benchmarks/tasks.py --dataset digits --model digits --clips 16 --forecast-prompt
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ import platform
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -186,7 +189,10 @@ def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guida
 
 
 # ----------------------------------------------------------------------------- digits
-def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128) -> dict:
+def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
+                 told_guidance: Optional[float] = None) -> dict:
+    """Forecast and long extension of fresh MovingDigits clips, from the frames alone, or told
+    each clip's caption (which names its digits) at ``told_guidance``."""
     from vidiff.data.digits import MovingDigits
     from vidiff.eval.temporal import psnr_ssim
     from vidiff.video import Video
@@ -195,14 +201,18 @@ def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128) -> dict:
                          "area_max", "speed_ratio")}
     start = time.perf_counter()
     for i in range(n):
-        clip = Video.from_tensor(data[i]["video"]).frames                      # (T, H, W, 3) uint8
-        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, guidance=1.0, steps=steps).frames
+        item = data[i]
+        clip = Video.from_tensor(item["video"]).frames                         # (T, H, W, 3) uint8
+        told = {} if told_guidance is None else {"prompt": item["caption"]}
+        guidance = 1.0 if told_guidance is None else told_guidance
+        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, guidance=guidance, steps=steps,
+                            **told).frames
         copy = np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0)
         r["forecast"].append(psnr(pred[CONTEXT:], clip[CONTEXT:]))
         r["copy_last"].append(psnr(copy, clip[CONTEXT:]))
         r["ssim"].append(float(np.mean(psnr_ssim(pred[CONTEXT:], clip[CONTEXT:])["ssim"])))
         r["copy_ssim"].append(float(np.mean(psnr_ssim(copy, clip[CONTEXT:])["ssim"])))
-        long = pipe.extend(Video(clip), long_frames, seed=i, guidance=1.0, steps=steps).frames
+        long = pipe.extend(Video(clip), long_frames, seed=i, guidance=guidance, steps=steps, **told).frames
         areas = np.array([foreground(f).sum() for f in long], np.float64)
         ratio = areas / max(areas[:FRAMES].mean(), 1.0)
         centres = [centroid(foreground(f)) for f in long]
@@ -273,10 +283,12 @@ def main() -> None:
         return
     import torch
     import vidiff
-    print(f"{args.clips} fresh MovingShapes clips, {args.steps} steps; {platform.processor() or platform.machine()}, "
+    dataset = "MovingDigits" if args.dataset == "digits" else "MovingShapes"
+    print(f"{args.clips} fresh {dataset} clips, {args.steps} steps; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     if args.dataset == "digits":
-        s = digits_tasks(vidiff.load(args.model), args.clips, args.steps)
+        s = digits_tasks(vidiff.load(args.model), args.clips, args.steps,
+                         told_guidance=args.forecast_guidance if args.forecast_prompt else None)
         print(json.dumps({k: round(v, 3) for k, v in s.items()}))
         if args.json:
             with open(args.json, "w") as f:
