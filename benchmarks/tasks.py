@@ -203,16 +203,16 @@ def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
     for i in range(n):
         item = data[i]
         clip = Video.from_tensor(item["video"]).frames                         # (T, H, W, 3) uint8
-        told = {} if told_guidance is None else {"prompt": item["caption"]}
+        prompt = None if told_guidance is None else item["caption"]
         guidance = 1.0 if told_guidance is None else told_guidance
-        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, guidance=guidance, steps=steps,
-                            **told).frames
+        pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, prompt, seed=i, guidance=guidance,
+                            steps=steps).frames
         copy = np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0)
         r["forecast"].append(psnr(pred[CONTEXT:], clip[CONTEXT:]))
         r["copy_last"].append(psnr(copy, clip[CONTEXT:]))
         r["ssim"].append(float(np.mean(psnr_ssim(pred[CONTEXT:], clip[CONTEXT:])["ssim"])))
         r["copy_ssim"].append(float(np.mean(psnr_ssim(copy, clip[CONTEXT:])["ssim"])))
-        long = pipe.extend(Video(clip), long_frames, seed=i, guidance=guidance, steps=steps, **told).frames
+        long = pipe.extend(Video(clip), long_frames, prompt, seed=i, guidance=guidance, steps=steps).frames
         areas = np.array([foreground(f).sum() for f in long], np.float64)
         ratio = areas / max(areas[:FRAMES].mean(), 1.0)
         centres = [centroid(foreground(f)) for f in long]
