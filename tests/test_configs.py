@@ -211,7 +211,7 @@ def test_latent_config_chains_to_its_autoencoder(path):
 # Network options a fine-tune may switch on over its checkpoint: new condition inputs (and a
 # reference pathway, whose encoder starts fresh and acts only where a reference is given).
 GROWABLE = {"known_frames", "known_in_place", "frame_stride", "low_res"}
-ADDABLE = {"reference_tokens", "pixel_head"}
+ADDABLE = {"reference_tokens", "pixel_head", "full_attention"}   # each starts as the identity
 # How training draws and weighs diffusion times (DiffusionConfig.TRAINING_TIME_FIELDS): a later
 # stage may spend its steps elsewhere in t (what each t means, the schedule, stays).
 
@@ -233,7 +233,7 @@ def test_staged_config_continues_its_earlier_stage(path):
     # out an addable part the earlier one has (dropped: it starts from what the part was added to).
     model_later, model_earlier = to_dict(later.model), to_dict(earlier.model)
     added = {k: v for k, v in model_later["overrides"].items() if k not in model_earlier["overrides"]}
-    assert all((k in GROWABLE and v is True) or (k in ADDABLE and v > 0) for k, v in added.items()), added
+    assert all((k in GROWABLE and v is True) or (k in ADDABLE and bool(v)) for k, v in added.items()), added
     dropped = {k for k in model_earlier["overrides"] if k not in model_later["overrides"]}
     assert dropped <= ADDABLE, dropped
     model_later["overrides"] = {k: v for k, v in model_later["overrides"].items() if k not in added}

@@ -256,7 +256,7 @@ def test_trainable_prefixes_train_only_those_parameters(tmp_path):
 
 
 def test_init_from_adds_or_drops_a_pixel_head(tmp_path):
-    """A checkpoint initialises a network with a pixel head it lacks (the head starts at zero:
+    """A checkpoint initialises a network with a pixel head or full attention it lacks (each starts at zero:
     the same function) and one without the head it has (the head is dropped: the network it was
     added to). Any other weight the model does not have is refused."""
     patch = ["model.size=unet-demo", "model.overrides.channels=[16,32]", "model.overrides.head_dim=8"]
@@ -267,8 +267,13 @@ def test_init_from_adds_or_drops_a_pixel_head(tmp_path):
                                       f"train.init_from={plain}"), progress=False)
     same = build_trainer(tiny_config(tmp_path / "same", *patch, f"train.init_from={plain}"), progress=False)
     x, t = torch.randn(2, 3, 4, 16, 16), torch.rand(2)
+    # So does full space-time attention (AttentionBlock.ADDABLE), added at the coarsest level.
+    attends = build_trainer(tiny_config(tmp_path / "full", *patch, "model.overrides.full_attention=[-1]",
+                                        f"train.init_from={plain}"), progress=False)
     with torch.no_grad():
         assert torch.equal(grown.objective.network(x, t), same.objective.network(x, t))
+        assert torch.equal(attends.objective.network(x, t), same.objective.network(x, t))
+    assert attends.objective.network.mid[0].attn.attn_full is not None
     grown.fit(until=2)
     with_head = weights(grown.save(), ema=True)          # what init_from reads
     assert any(k.startswith("network.pixel_head.") and v.abs().sum() > 0 for k, v in with_head.items())

@@ -9,7 +9,9 @@ import torch
 from test_backbones import TEXT_DIM, UNET, perturb, text_cond
 from vidiff.config import ConfigError, from_dict, to_dict
 from vidiff.models.flops import count_parameters
+from vidiff.models.layers import rotary_cos_sin_3d
 from vidiff.models.unet import UNET_MODELS, UNet3D, UNetConfig
+from vidiff.models.unet_blocks import AttentionBlock, _Context, _from_video, _to_video
 
 make, clip = UNET.make, UNET.clip
 
@@ -53,6 +55,9 @@ def test_config_validation():
             UNetConfig(temporal_kernel=kernel)
     with pytest.raises(ConfigError, match="out_channels must be positive"):
         UNetConfig(out_channels=0)
+    with pytest.raises(ConfigError, match=r"full_attention: level 0 has no attention block"):
+        UNetConfig(channels=(32, 64), spatial_attention=(1,), cross_attention=(1,),
+                   temporal_attention=(1,), full_attention=(0,))
     with pytest.raises(ConfigError, match=r"head_dim: width 96 at level 1 .* head_dim=64"):
         UNetConfig(channels=(32, 96), norm_groups=32)
     with pytest.raises(ConfigError, match=r"num_heads: width 32 at level 0 .* num_heads=5"):
@@ -61,7 +66,7 @@ def test_config_validation():
     # Negative levels count from the lowest resolution, so shrinking channels keeps working.
     demo = UNET_MODELS["unet-demo"]
     cfg = from_dict(UNetConfig, {**to_dict(demo), "channels": [demo.head_dim * k for k in (1, 2, 4)]})
-    assert cfg.attends(2) == (True, False, True) and cfg.attends(1) == (False, False, False)
+    assert cfg.attends(2) == (True, False, True, False) and cfg.attends(1) == (False,) * 4
     assert from_dict(UNetConfig, to_dict(cfg)) == cfg
 
 
@@ -118,6 +123,46 @@ def test_position_embedding_breaks_translation_equivariance_inside_the_frame():
         assert torch.allclose(out[..., 22, 22], out[..., 25, 26], atol=1e-5)
         out = make(position_embedding=True, **small)(flat, t)
         assert not torch.allclose(out[..., 22, 22], out[..., 25, 26], atol=1e-3)
+
+
+# --------------------------------------------------------------------------- full attention
+def test_full_attention_starts_as_the_identity():
+    # A trained network gains full attention without changing its function: the checkpoint
+    # lacks only the added layers (AttentionBlock.ADDABLE), whose out-projections start at zero.
+    plain, full = make(), make(full_attention=(-1,))
+    missing, unexpected = full.load_state_dict(plain.state_dict(), strict=False)
+    added = tuple(f".{a}." for a in AttentionBlock.ADDABLE)
+    assert not unexpected and missing and all(any(a in m for a in added) for m in missing)
+    x, t = clip(), torch.rand(2)
+    with torch.no_grad():
+        assert torch.equal(full(x, t), plain(x, t))
+        perturb(full, lambda n: ".attn_full.to_out." in n, scale=0.5)
+        assert not torch.allclose(full(x, t), plain(x, t), atol=1e-4)
+
+
+def test_full_attention_reads_every_frame_and_place_in_token_order():
+    # The reference, built from the video axes directly: one (B, T*H*W, C) sequence per clip,
+    # tokens in (frame, row, column) order to match the 3D rotary table. A wrong token order
+    # would pair a token with another token's rotary position and change the result.
+    cfg = UNetConfig(channels=(16,), spatial_attention=(0,), cross_attention=(0,), temporal_attention=(0,),
+                     full_attention=(0,), head_dim=8, norm_groups=4, ff_mult=0)
+    B, C, T, H, W = 2, 16, 3, 4, 5
+    block = AttentionBlock(C, cfg, False, False, False, context_dim=16, full=True)
+    perturb(block, lambda n: "to_out" in n, scale=0.5)
+    video = torch.randn(B, C, T, H, W)
+    ctx = _Context(B, T, torch.zeros(B, 1, 4), None, None, {})
+    with torch.no_grad():
+        out = _to_video(block(_from_video(video), ctx), B)                    # (B, C, T, H, W)
+        tokens = video.permute(0, 2, 3, 4, 1).reshape(B, T * H * W, C)
+        rope = rotary_cos_sin_3d(T, H, W, block.attn_full.head_dim)
+        ref = tokens + block.attn_full(block.norm_full(tokens), rope=rope)
+        assert torch.allclose(out.permute(0, 2, 3, 4, 1).reshape(B, T * H * W, C), ref, atol=1e-5)
+        # One layer links a place at the first frame to another place at the last frame,
+        # which spatial (same frame) or temporal (same place) attention alone cannot.
+        moved = video.clone()
+        moved[:, :, 0, 0, 0] += torch.randn(B, C)          # (a constant would be normalised away)
+        changed = _to_video(block(_from_video(moved), ctx), B)
+        assert (changed - out)[:, :, -1, -1, -1].abs().max() > 1e-4
 
 
 # --------------------------------------------------------------------------- residuals

@@ -106,8 +106,8 @@ class UNet3D(nn.Module):
         self.pos_embed = nn.Linear(64, ch[0]) if cfg.position_embedding else None
 
         def layer(c_in: int, c_out: int, level: int) -> Layer:
-            s, c, t = cfg.attends(level)
-            attn = AttentionBlock(c_out, cfg, s, c, t, context_dim) if (s or c or t) else None
+            s, c, t, full = cfg.attends(level)
+            attn = AttentionBlock(c_out, cfg, s, c, t, context_dim, full) if (s or c or t) else None
             return Layer(ResBlock(c_in, c_out, emb_dim, cfg), attn)
 
         # Encoder: every module's output is a skip connection (conv_in's too).
@@ -122,8 +122,8 @@ class UNet3D(nn.Module):
                 self.down.append(Resample(c, up=False))
                 skips.append(c)
         self.skip_channels = tuple(skips)
-        mid_attn = AttentionBlock(c, cfg, True, cfg.text_dim is not None, True, context_dim) \
-            if cfg.mid_attention else None
+        mid_attn = AttentionBlock(c, cfg, True, cfg.text_dim is not None, True, context_dim,
+                                  cfg.attends(cfg.levels - 1)[3]) if cfg.mid_attention else None
         self.mid = nn.ModuleList([Layer(ResBlock(c, c, emb_dim, cfg), mid_attn),
                                   Layer(ResBlock(c, c, emb_dim, cfg), None)])
         # Decoder: one more block per level than the encoder, each eating one skip.
@@ -144,11 +144,14 @@ class UNet3D(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """Xavier linears; identity temporal layers (dirac convs, zero temporal out-projections)."""
+        """Xavier linears; identity temporal layers (dirac convs, zero temporal and full
+        out-projections)."""
         xavier_linears(self)
         for module in self.modules():
-            if isinstance(module, AttentionBlock) and module.attn_t is not None:
-                zero_module(module.attn_t.to_out)
+            if isinstance(module, AttentionBlock):
+                for attn in (module.attn_t, module.attn_full):
+                    if attn is not None:
+                        zero_module(attn.to_out)
             if isinstance(module, SpatioTemporalConv):
                 module.reset_temporal()
         if self.frame_cond is not None:    # per-frame FiLM starts as the per-clip one

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidiff.models.layers import Attention, FeedForward, zero_module
+from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin_3d, zero_module
 from vidiff.models.unet_config import UNetConfig
 
 
@@ -152,17 +152,27 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Spatial self-attention, cross-attention to text, temporal self-attention, MLP.
+    """Spatial self-attention, cross-attention to text, temporal self-attention, full
+    self-attention (optional), MLP.
 
     Pre-LayerNorm residual sublayers on ``(B*T, C, H, W) -> (B*T, C, H, W)``. Temporal
-    attention runs over the frames at each pixel with rotary frame positions, and its output
-    projection starts at zero. Attention kinds: ``attn_s`` "spatial", ``attn_c`` "cross",
-    ``attn_t`` "temporal".
+    attention runs over the frames at each pixel with rotary frame positions; full attention
+    runs over every token of the clip with 3D rotary positions. Both output projections start
+    at zero. Attention kinds: ``attn_s`` "spatial", ``attn_c`` "cross", ``attn_t``
+    "temporal", ``attn_full`` "full".
+
+    Why full attention: factorized layers reach another place at another frame only in two
+    hops (a spatial, then a temporal layer), and a temporal layer sees one cell through time.
+    An object that crosses cells while it moves is then hard to follow, and a forecast loses
+    its velocity (docs/benchmarks.md, "digits").
     """
     fsdp_unit = True
+    # A checkpoint without full attention initialises a block with it (train.init_from): the
+    # zero out-projection makes the added layer the identity.
+    ADDABLE = ("norm_full", "attn_full")
 
     def __init__(self, dim: int, cfg: UNetConfig, spatial: bool, cross: bool, temporal: bool,
-                 context_dim: int):
+                 context_dim: int, full: bool = False):
         super().__init__()
         heads = cfg.heads(dim)
 
@@ -171,6 +181,7 @@ class AttentionBlock(nn.Module):
         self.norm_s, self.attn_s = sub(spatial, "spatial")
         self.norm_c, self.attn_c = sub(cross, "cross", context_dim=context_dim)
         self.norm_t, self.attn_t = sub(temporal, "temporal", zero_init=True)
+        self.norm_full, self.attn_full = sub(full, "full", zero_init=True)
         self.norm_f = nn.LayerNorm(dim) if cfg.ff_mult > 0 else None
         self.ff = FeedForward(dim, cfg.ff_mult) if cfg.ff_mult > 0 else None
 
@@ -192,6 +203,12 @@ class AttentionBlock(nn.Module):
             a = self.attn_t(self.norm_t(xt), rope=ctx.rope[self.attn_t.head_dim],
                             layout=layout)                                      # (B*L, T, C)
             x = (x.reshape(B, T, L, C) + a.view(B, L, T, C).transpose(1, 2)).view(N, L, C)
+        if self.attn_full is not None:
+            # (B*T, L, C) is already one (B, T*L, C) sequence per clip, frame-major as the
+            # 3D rotary table is laid out.
+            rope = rotary_cos_sin_3d(T, H, W, self.attn_full.head_dim, device=x.device)  # (T*L, d) x 2
+            a = self.attn_full(self.norm_full(x.reshape(B, T * L, C)), rope=rope, layout=layout)
+            x = x + a.view(N, L, C)                                             # (B*T, L, C)
         if self.ff is not None:
             x = x + self.ff(self.norm_f(x))                                     # (B*T, L, C)
         return _frames(x, H, W)                                                 # (B*T, C, H, W)

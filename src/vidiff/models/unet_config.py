@@ -32,6 +32,11 @@ class UNetConfig:
     spatial_attention: tuple[int, ...] = (-2, -1)
     cross_attention: tuple[int, ...] = (-2, -1)
     temporal_attention: tuple[int, ...] = (-2, -1)
+    # Levels whose attention block also attends over every token of the clip at once (all
+    # frames and positions, 3D rotary positions), added after the factorized layers. It starts
+    # as the identity (zero out-projection), so `train.init_from` can add it to a trained
+    # network; only levels that already hold an attention block may take it.
+    full_attention: tuple[int, ...] = ()
     mid_attention: bool = True                # attention (every enabled kind) in the middle block
     head_dim: int = 64                        # heads = channels // head_dim (at least 1)
     num_heads: Optional[int] = None           # instead: this many heads at every level
@@ -85,7 +90,7 @@ class UNetConfig:
         if bad:
             raise ConfigError(f"UNetConfig.channels: every width must be divisible by "
                               f"norm_groups={self.norm_groups}; {bad} are not")
-        for name in ("spatial_attention", "cross_attention", "temporal_attention"):
+        for name in ("spatial_attention", "cross_attention", "temporal_attention", "full_attention"):
             setattr(self, name, tuple(getattr(self, name)))
             out = [v for v in getattr(self, name) if not -levels <= v < levels]
             if out:
@@ -98,9 +103,13 @@ class UNetConfig:
             if (any(self.attends(level)) or mid) and uneven:
                 raise ConfigError(f"UNetConfig.{by.split('=')[0]}: width {c} at level {level} does "
                                   f"not split into heads of equal width by {by}")
-            if (self.attends(level)[2] or mid) and (c // self.heads(c)) % 2:
-                raise ConfigError(f"UNetConfig.{by.split('=')[0]}: temporal attention at level {level} "
+            if (any(self.attends(level)[2:]) or mid) and (c // self.heads(c)) % 2:
+                raise ConfigError(f"UNetConfig.{by.split('=')[0]}: temporal or full attention at level {level} "
                                   f"needs an even head width for rotary positions, got {c // self.heads(c)}")
+            if self.attends(level)[3] and not (any(self.attends(level)[:3]) or mid):
+                raise ConfigError(f"UNetConfig.full_attention: level {level} has no attention block "
+                                  f"to add full attention to (spatial, cross or temporal attention "
+                                  f"there, or the lowest level with mid_attention)")
 
     @property
     def levels(self) -> int:
@@ -113,9 +122,9 @@ class UNetConfig:
     def heads(self, width: int) -> int:
         return self.num_heads or max(1, width // self.head_dim)
 
-    def attends(self, level: int) -> tuple[bool, bool, bool]:
-        """(spatial, cross, temporal) attention at ``level`` (cross only with text)."""
+    def attends(self, level: int) -> tuple[bool, bool, bool, bool]:
+        """(spatial, cross, temporal, full) attention at ``level`` (cross only with text)."""
         def has(levels):
             return any(v % self.levels == level for v in levels)
         return (has(self.spatial_attention), has(self.cross_attention) and self.text_dim is not None,
-                has(self.temporal_attention))
+                has(self.temporal_attention), has(self.full_attention))
