@@ -228,8 +228,10 @@ def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
         if i == 0:
             Video(long).save(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runs", "digits_long_0.mp4"))
     summary = {k: float(np.mean(v)) for k, v in r.items()}
+    gains = np.array(r["forecast"]) - np.array(r["copy_last"])
+    # per-clip spread of the forecast's gain: what a re-measurement on fewer clips is held to
     summary.update(area_min=float(np.min(r["area_min"])), area_max=float(np.max(r["area_max"])),
-                   seconds=time.perf_counter() - start)
+                   gain_std=float(gains.std(ddof=1)) if n > 1 else 0.0, seconds=time.perf_counter() - start)
     return summary
 
 

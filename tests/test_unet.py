@@ -55,9 +55,6 @@ def test_config_validation():
             UNetConfig(temporal_kernel=kernel)
     with pytest.raises(ConfigError, match="out_channels must be positive"):
         UNetConfig(out_channels=0)
-    with pytest.raises(ConfigError, match=r"full_attention: level 0 has no attention block"):
-        UNetConfig(channels=(32, 64), spatial_attention=(1,), cross_attention=(1,),
-                   temporal_attention=(1,), full_attention=(0,))
     with pytest.raises(ConfigError, match=r"head_dim: width 96 at level 1 .* head_dim=64"):
         UNetConfig(channels=(32, 96), norm_groups=32)
     with pytest.raises(ConfigError, match=r"num_heads: width 32 at level 0 .* num_heads=5"):

@@ -107,7 +107,7 @@ class UNet3D(nn.Module):
 
         def layer(c_in: int, c_out: int, level: int) -> Layer:
             s, c, t, full = cfg.attends(level)
-            attn = AttentionBlock(c_out, cfg, s, c, t, context_dim, full) if (s or c or t) else None
+            attn = AttentionBlock(c_out, cfg, s, c, t, context_dim, full) if (s or c or t or full) else None
             return Layer(ResBlock(c_in, c_out, emb_dim, cfg), attn)
 
         # Encoder: every module's output is a skip connection (conv_in's too).

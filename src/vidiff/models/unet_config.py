@@ -33,9 +33,9 @@ class UNetConfig:
     cross_attention: tuple[int, ...] = (-2, -1)
     temporal_attention: tuple[int, ...] = (-2, -1)
     # Levels whose attention block also attends over every token of the clip at once (all
-    # frames and positions, 3D rotary positions), added after the factorized layers. It starts
-    # as the identity (zero out-projection), so `train.init_from` can add it to a trained
-    # network; only levels that already hold an attention block may take it.
+    # frames and positions, 3D rotary positions), after the factorized layers. It starts as
+    # the identity (zero out-projection), so `train.init_from` can add it to a trained network
+    # at a level that already has an attention block (elsewhere the block's MLP is new too).
     full_attention: tuple[int, ...] = ()
     mid_attention: bool = True                # attention (every enabled kind) in the middle block
     head_dim: int = 64                        # heads = channels // head_dim (at least 1)
@@ -106,10 +106,6 @@ class UNetConfig:
             if (any(self.attends(level)[2:]) or mid) and (c // self.heads(c)) % 2:
                 raise ConfigError(f"UNetConfig.{by.split('=')[0]}: temporal or full attention at level {level} "
                                   f"needs an even head width for rotary positions, got {c // self.heads(c)}")
-            if self.attends(level)[3] and not (any(self.attends(level)[:3]) or mid):
-                raise ConfigError(f"UNetConfig.full_attention: level {level} has no attention block "
-                                  f"to add full attention to (spatial, cross or temporal attention "
-                                  f"there, or the lowest level with mid_attention)")
 
     @property
     def levels(self) -> int:
