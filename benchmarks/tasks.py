@@ -34,13 +34,16 @@ extended to 128. A long clip passes when every frame's foreground area (pixels a
 brightness) stays within 0.5-2x of the 16 given frames' mean area (no digit lost, duplicated
 or smeared) and the digits still move over its last 16 frames (mean centroid speed of at
 least a quarter of the given frames'). ``--forecast-prompt`` tells both the forecast and the
-extension each clip's caption, which names its digits (at ``--forecast-guidance``).
+extension each clip's caption, which names its digits (at ``--forecast-guidance``);
+``--overlap K`` starts every extension window with K known frames (default: the pipeline's,
+a quarter window).
 
 The last line is the headline. Usage::
 
     python benchmarks/tasks.py --model shapes --t2v runs/shapes --clips 24
     python benchmarks/tasks.py --dataset digits --model digits --clips 16
     python benchmarks/tasks.py --dataset digits --model digits --clips 16 --forecast-prompt
+    python benchmarks/tasks.py --dataset digits --model digits --clips 16 --forecast-prompt --overlap 12
 """
 from __future__ import annotations
 
@@ -190,9 +193,10 @@ def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guida
 
 # ----------------------------------------------------------------------------- digits
 def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
-                 told_guidance: Optional[float] = None) -> dict:
+                 told_guidance: Optional[float] = None, overlap: Optional[int] = None) -> dict:
     """Forecast and long extension of fresh MovingDigits clips, from the frames alone, or told
-    each clip's caption (which names its digits) at ``told_guidance``."""
+    each clip's caption (which names its digits) at ``told_guidance``; ``overlap``: the known
+    frames each extension window starts with (None: the pipeline's default)."""
     from vidiff.data.digits import MovingDigits
     from vidiff.eval.temporal import psnr_ssim
     from vidiff.video import Video
@@ -212,7 +216,8 @@ def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
         r["copy_last"].append(psnr(copy, clip[CONTEXT:]))
         r["ssim"].append(float(np.mean(psnr_ssim(pred[CONTEXT:], clip[CONTEXT:])["ssim"])))
         r["copy_ssim"].append(float(np.mean(psnr_ssim(copy, clip[CONTEXT:])["ssim"])))
-        long = pipe.extend(Video(clip), long_frames, prompt, seed=i, guidance=guidance, steps=steps).frames
+        long = pipe.extend(Video(clip), long_frames, prompt, seed=i, guidance=guidance, steps=steps,
+                           overlap=overlap).frames
         areas = np.array([foreground(f).sum() for f in long], np.float64)
         ratio = areas / max(areas[:FRAMES].mean(), 1.0)
         centres = [centroid(foreground(f)) for f in long]
@@ -277,6 +282,8 @@ def main() -> None:
                         help="forecast with the clip's caption instead of from the frames alone")
     parser.add_argument("--forecast-guidance", type=float, default=1.0,
                         help="guidance of a forecast told its caption (1: none, the measured best)")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="digits: known frames each extension window starts with (default: the pipeline's)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--cost-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,7 +297,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     if args.dataset == "digits":
         s = digits_tasks(vidiff.load(args.model), args.clips, args.steps,
-                         told_guidance=args.forecast_guidance if args.forecast_prompt else None)
+                         told_guidance=args.forecast_guidance if args.forecast_prompt else None,
+                         overlap=args.overlap)
         print(json.dumps({k: round(v, 3) for k, v in s.items()}))
         if args.json:
             with open(args.json, "w") as f:
