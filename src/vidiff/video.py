@@ -148,7 +148,8 @@ class Video:
         A path's extension picks the format (``format``, if given, must agree with it):
 
         * ``.mp4``: H.264 (libx264, yuv420p, BT.709, crf 15), index first (faststart), on one
-          encoder thread so that the same clip always gives the same bytes. 4:2:0
+          encoder thread (threaded x264 gave visibly different encodes of one clip on a loaded
+          machine). 4:2:0
           needs even sides, so an odd height/width is padded by repeating the last row/column;
           the true size is stored in the file's comment tag and :meth:`load` crops back to it
           (other players show the pad).
@@ -175,8 +176,8 @@ class Video:
         return target
 
     def to_bytes(self, format: str = "mp4", crf: Optional[int] = None) -> bytes:
-        """The clip encoded as one ``"mp4"``, ``"webm"`` or ``"gif"`` file, in memory: the same
-        bytes :meth:`save` writes to a path with that extension (see there for ``crf``)."""
+        """The clip encoded as one ``"mp4"``, ``"webm"`` or ``"gif"`` file, in memory, as
+        :meth:`save` encodes it to a path with that extension (see there for ``crf``)."""
         return self._encode(_extension_of(format, "Video.to_bytes"), crf).getvalue()
 
     def _save_path(self, text: str, format: Optional[str], crf: Optional[int]) -> Path:
@@ -214,7 +215,7 @@ class Video:
         # otherwise assume left siting and shift chroma by half a pixel)
         options = {"crf": str(crf), "chroma_sample_location": "center",
                    # threaded x264 was seen to encode the same clip to different frames on a
-                   # loaded machine; one thread makes a clip's bytes repeatable
+                   # loaded machine; on one thread a quiet machine repeats an encode exactly
                    **{"libx264": {"preset": "medium", "threads": "1"},
                       "libvpx-vp9": {"b": "0", "row-mt": "1", "cpu-used": "2"},
                       "libvpx": {"b": "20M"}}[codec]}  # VP8's crf needs a bitrate cap
