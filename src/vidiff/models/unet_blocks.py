@@ -7,7 +7,7 @@ whole forward shares (batch and frame counts, the condition embedding, text, rot
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -57,12 +57,21 @@ class _Context:
     text_mask: Optional[Tensor]          # (B, S) bool
     rope: dict                           # head width -> (cos, sin) each (T, head width)
     pixels: Optional[Tensor] = None      # (B*T, C_in', H, W): the input at full resolution
+    rope_full: dict = field(default_factory=dict)   # (head width, H, W) -> (cos, sin) each (T*H*W, d)
 
     def first_rows(self, b: int) -> "_Context":
         """The context of the first ``b`` clips of the batch."""
         return _Context(b, self.T, self.emb[:b], None if self.text is None else self.text[:b],
                         None if self.text_mask is None else self.text_mask[:b], self.rope,
-                        None if self.pixels is None else self.pixels[:b * self.T])
+                        None if self.pixels is None else self.pixels[:b * self.T], self.rope_full)
+
+    def rope_3d(self, dim: int, H: int, W: int, device) -> tuple[Tensor, Tensor]:
+        """Full attention's 3D rotary tables for an ``H x W`` grid, made once per forward and
+        shared by every block on that grid (the down, middle and up blocks of a level)."""
+        key = (dim, H, W)
+        if key not in self.rope_full:
+            self.rope_full[key] = rotary_cos_sin_3d(self.T, H, W, dim, device=device)
+        return self.rope_full[key]
 
 
 #################################################################################
@@ -206,7 +215,7 @@ class AttentionBlock(nn.Module):
         if self.attn_full is not None:
             # (B*T, L, C) is already one (B, T*L, C) sequence per clip, frame-major as the
             # 3D rotary table is laid out.
-            rope = rotary_cos_sin_3d(T, H, W, self.attn_full.head_dim, device=x.device)  # (T*L, d) x 2
+            rope = ctx.rope_3d(self.attn_full.head_dim, H, W, x.device)        # (T*L, d) x 2
             a = self.attn_full(self.norm_full(x.reshape(B, T * L, C)), rope=rope, layout=layout)
             x = x + a.view(N, L, C)                                             # (B*T, L, C)
         if self.ff is not None:
