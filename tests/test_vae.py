@@ -110,6 +110,53 @@ def test_chunked_decoding_and_encoding_equal_whole_clip(kind, tf):
         torch.testing.assert_close(from_pieces.mean, exact.mean, rtol=1e-5, atol=1e-6)
 
 
+# vae-tiny's 3-tap temporal convs per level (blocks_per_level=1). Encoder: conv_in + one ResBlock
+# at level 0 (3), one ResBlock at level 1 (2), one ResBlock + two middle ResBlocks + conv_out at
+# level 2 (7). Decoder: conv_in + middle + two ResBlocks at level 2 (9), the upsampling conv +
+# two ResBlocks at level 1 (5), the upsampling conv + two ResBlocks + conv_out at level 0 (6).
+# A tap at level l spans 2**l frames (level 0 at full rate, 4 at the latent rate).
+ENCODER_TAPS, DECODER_TAPS = (3, 2, 7), (6, 5, 9)
+
+
+def _first_input_frame(j: int, levels) -> int:
+    """The earliest input frame latent ``j`` of the encoder sees: its group 4j-3..4j, then
+    two frames back for each temporal conv, in frames of that conv's level."""
+    n = [taps if levels is None or level < levels else 0 for level, taps in enumerate(ENCODER_TAPS)]
+    return 4 * j - 3 - 2 * n[0] - 4 * n[1] - 8 * n[2]
+
+
+def _first_latent(f: int, levels) -> int:
+    """The earliest latent frame output frame ``f`` of the decoder sees, level by level back."""
+    n = [taps if levels is None or level < levels else 0 for level, taps in enumerate(DECODER_TAPS)]
+    at_half = math.ceil((f - 2 * n[0]) / 2)                # a level-1 frame m makes frames 2m-1, 2m
+    at_latent = math.ceil((at_half - 2 * n[1]) / 2)
+    return max(0, at_latent - 2 * n[2])
+
+
+@pytest.mark.parametrize("levels", [None, 0, 1, 2])
+def test_temporal_levels_bound_the_receptive_field(levels):
+    vae = make("3d", 4, temporal_levels=levels)
+    x = torch.randn(1, 3, 77, 8, 8, requires_grad=True)
+    vae.encode(x).mean[:, :, 19].sum().backward()
+    seen = (x.grad.abs().sum((0, 1, 3, 4)) > 0).nonzero().flatten().tolist()
+    assert seen == list(range(_first_input_frame(19, levels), 77))
+    z = torch.randn(1, 4, 20, 2, 2, requires_grad=True)
+    vae.decode(z)[:, :, 60].sum().backward()
+    seen = (z.grad.abs().sum((0, 1, 3, 4)) > 0).nonzero().flatten().tolist()
+    assert seen == list(range(_first_latent(60, levels), 16))
+    # Chunked coding stays exact with per-frame deep levels.
+    with torch.no_grad():
+        z = torch.randn(1, 4, 7, 4, 4)
+        torch.testing.assert_close(vae.decode(z, chunk=3), vae.decode(z), rtol=1e-5, atol=1e-6)
+        x = torch.rand(1, 3, 25, 16, 16) * 2 - 1
+        torch.testing.assert_close(vae.encode(x, chunk=2).mean, vae.encode(x).mean, rtol=1e-5, atol=1e-6)
+
+
+def test_temporal_levels_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="temporal_levels must be None or 0..3"):
+        dataclasses.replace(TINY, temporal_levels=4)
+
+
 def test_tiled_decoding_is_close_and_seamless():
     vae = make("3d", 4)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 16), torch.linspace(0, 1, 16), indexing="ij")

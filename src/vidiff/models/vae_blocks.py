@@ -231,6 +231,11 @@ class _Coder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)), cache)
 
 
+def _level_mode(cfg: VAEConfig, level: int, temporal_mode: str) -> str:
+    """The conv mode at ``level``: ``temporal_mode`` where the level mixes frames, else per frame."""
+    return temporal_mode if cfg.mixes_frames(level) else "2d"
+
+
 def _middle(width: int, mode: str, cfg: VAEConfig) -> list[nn.Module]:
     attn = [FrameAttention(width, cfg)] if cfg.mid_attention else []
     return [ResBlock(width, width, mode, cfg), *attn, ResBlock(width, width, mode, cfg)]
@@ -241,19 +246,20 @@ class Encoder(_Coder):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        mode, halvings = ("3d" if cfg.kind == "3d" else "2d"), int(math.log2(cfg.temporal_factor))
+        temporal, halvings = ("3d" if cfg.kind == "3d" else "2d"), int(math.log2(cfg.temporal_factor))
+        deepest = _level_mode(cfg, len(cfg.channels) - 1, temporal)
         self.grad_checkpoint = cfg.grad_checkpoint
-        self.conv_in = make_conv(cfg.in_channels, cfg.channels[0], mode)
+        self.conv_in = make_conv(cfg.in_channels, cfg.channels[0], _level_mode(cfg, 0, temporal))
         blocks, c = [], cfg.channels[0]
         for level, width in enumerate(cfg.channels):
             for _ in range(cfg.blocks_per_level):
-                blocks.append(ResBlock(c, width, mode, cfg))
+                blocks.append(ResBlock(c, width, _level_mode(cfg, level, temporal), cfg))
                 c = width
             if level < len(cfg.channels) - 1:
                 blocks.append(Downsample(c, 2 if level < halvings else 1))
-        self.blocks = nn.ModuleList(blocks + _middle(c, mode, cfg))
+        self.blocks = nn.ModuleList(blocks + _middle(c, deepest, cfg))
         self.norm_out = make_norm(c, cfg)
-        self.conv_out = make_conv(c, 2 * cfg.latent_channels, mode)
+        self.conv_out = make_conv(c, 2 * cfg.latent_channels, deepest)
 
     def forward(self, x: Tensor, cache: Cache = None) -> Tensor:
         return self._run(x, cache)                                           # (B, 2*Cz, t, h, w)
@@ -264,21 +270,23 @@ class Decoder(_Coder):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        mode, halvings = ("3d" if cfg.kind == "3d" else "2d+t"), int(math.log2(cfg.temporal_factor))
+        temporal, halvings = ("3d" if cfg.kind == "3d" else "2d+t"), int(math.log2(cfg.temporal_factor))
+        deepest = _level_mode(cfg, len(cfg.channels) - 1, temporal)
         self.grad_checkpoint = cfg.grad_checkpoint
         c = cfg.channels[-1]
-        self.conv_in = make_conv(cfg.latent_channels, c, mode)
-        blocks = _middle(c, mode, cfg)
+        self.conv_in = make_conv(cfg.latent_channels, c, deepest)
+        blocks = _middle(c, deepest, cfg)
         for level in reversed(range(len(cfg.channels))):
             for _ in range(cfg.blocks_per_level + 1):
-                blocks.append(ResBlock(c, cfg.channels[level], mode, cfg))
+                blocks.append(ResBlock(c, cfg.channels[level], _level_mode(cfg, level, temporal), cfg))
                 c = cfg.channels[level]
-            if level > 0:
-                blocks.append(Upsample(c, cfg.channels[level - 1], 2 if level - 1 < halvings else 1, mode))
+            if level > 0:   # the upsampling conv runs at the next level's size, in its mode
+                blocks.append(Upsample(c, cfg.channels[level - 1], 2 if level - 1 < halvings else 1,
+                                       _level_mode(cfg, level - 1, temporal)))
                 c = cfg.channels[level - 1]
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = make_norm(c, cfg)
-        self.conv_out = make_conv(c, cfg.in_channels, mode)
+        self.conv_out = make_conv(c, cfg.in_channels, _level_mode(cfg, 0, temporal))
 
     def forward(self, z: Tensor, cache: Cache = None) -> Tensor:
         return self._run(z, cache)                                           # (B, C, T, H, W)

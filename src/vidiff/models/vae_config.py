@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 from vidiff.config import ConfigError
 
@@ -21,6 +21,16 @@ class VAEConfig:
     temporal halvings happen at the first levels (where they save the most compute).
     ``scaling_factor`` and ``shift_factor`` map posterior means to unit-variance latents:
     ``z = (mean - shift_factor) * scaling_factor`` (see :meth:`VideoVAE.estimate_latent_scaling`).
+
+    ``temporal_levels`` bounds how far back in time the coders see. Every 3-tap causal temporal
+    conv adds two frames of its level's rate to the receptive field, and at the deep levels a
+    frame is 2 or 4 input frames, so with every level temporal the last latent of a long clip
+    depends on some 70 frames of history (``vae-s``). A model trained on 9-frame windows has
+    never seen that much real history, and its later frames degrade on longer clips. With
+    ``temporal_levels=N`` only the first ``N`` levels (full resolution first) convolve across
+    frames; deeper levels, the middle blocks and the latent convs work frame by frame, and the
+    frames of one latent group still meet in the temporal fold of the down/upsampling. None:
+    every level is temporal.
     """
     kind: Literal["3d", "2d"] = "3d"
     in_channels: int = 3
@@ -35,6 +45,7 @@ class VAEConfig:
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
     grad_checkpoint: bool = False
+    temporal_levels: Optional[int] = None     # levels with 3-tap causal temporal convs; None = all
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
@@ -50,6 +61,8 @@ class VAEConfig:
              f"temporal_factor must be a power of two, got {self.temporal_factor}"),
             (halvings <= levels - 1, f"temporal_factor={self.temporal_factor} needs at least "
                                      f"{halvings + 1} levels of channels, got {levels}"),
+            (self.temporal_levels is None or 0 <= self.temporal_levels <= levels,
+             f"temporal_levels must be None or 0..{levels} (the number of levels), got {self.temporal_levels}"),
             (self.scaling_factor > 0, f"scaling_factor must be positive, got {self.scaling_factor}"),
             (self.norm in ("channel", "group"), f"norm must be 'channel' or 'group', got {self.norm!r}"),
             (self.norm != "group" or all(c % self.norm_groups == 0 for c in self.channels),
@@ -61,6 +74,10 @@ class VAEConfig:
     @property
     def spatial_factor(self) -> int:
         return 2 ** (len(self.channels) - 1)
+
+    def mixes_frames(self, level: int) -> bool:
+        """Whether the convs of ``level`` (0 = full resolution) convolve across frames."""
+        return self.temporal_levels is None or level < self.temporal_levels
 
     def heads(self, width: int) -> int:
         return max(1, width // self.head_dim)
