@@ -39,7 +39,9 @@ MovingDigits clips of its own seed) reports the share of generated frames it rea
 clip's digit, next to its share on the given frames. ``--forecast-prompt`` tells both the
 forecast and the extension each clip's caption, which names its digits (at ``--forecast-guidance``);
 ``--overlap K`` starts every extension window with K known frames (default: the pipeline's,
-a quarter window).
+a quarter window); ``--known-noise T`` noises the known frames to diffusion time T when
+sampling, as training does half the time (noise augmentation), so that a window conditioned on
+frames the model made itself sees them as it saw noisy ones in training.
 
 The last line is the headline. Usage::
 
@@ -238,10 +240,12 @@ def read_share(reader, frames: np.ndarray, digit: int) -> float:
 
 
 def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
-                 told_guidance: Optional[float] = None, overlap: Optional[int] = None) -> dict:
+                 told_guidance: Optional[float] = None, overlap: Optional[int] = None,
+                 known_noise: float = 0.0) -> dict:
     """Forecast and long extension of fresh MovingDigits clips, from the frames alone, or told
     each clip's caption (which names its digits) at ``told_guidance``; ``overlap``: the known
-    frames each extension window starts with (None: the pipeline's default)."""
+    frames each extension window starts with (None: the pipeline's default); ``known_noise``:
+    the diffusion time of noise put on the known frames (noise augmentation at sampling)."""
     from vidiff.data.digits import MovingDigits
     from vidiff.eval.temporal import psnr_ssim
     from vidiff.video import Video
@@ -257,14 +261,14 @@ def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
         prompt = None if told_guidance is None else item["caption"]
         guidance = 1.0 if told_guidance is None else told_guidance
         pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, prompt, seed=i, guidance=guidance,
-                            steps=steps).frames
+                            steps=steps, known_noise=known_noise).frames
         copy = np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0)
         r["forecast"].append(psnr(pred[CONTEXT:], clip[CONTEXT:]))
         r["copy_last"].append(psnr(copy, clip[CONTEXT:]))
         r["ssim"].append(float(np.mean(psnr_ssim(pred[CONTEXT:], clip[CONTEXT:])["ssim"])))
         r["copy_ssim"].append(float(np.mean(psnr_ssim(copy, clip[CONTEXT:])["ssim"])))
         long = pipe.extend(Video(clip), long_frames, prompt, seed=i, guidance=guidance, steps=steps,
-                           overlap=overlap).frames
+                           overlap=overlap, known_noise=known_noise).frames
         areas = np.array([foreground(f).sum() for f in long], np.float64)
         ratio = areas / max(areas[:FRAMES].mean(), 1.0)
         centres = [centroid(foreground(f)) for f in long]
@@ -337,6 +341,8 @@ def main() -> None:
                         help="guidance of a forecast told its caption (1: none, the measured best)")
     parser.add_argument("--overlap", type=int, default=None,
                         help="digits: known frames each extension window starts with (default: the pipeline's)")
+    parser.add_argument("--known-noise", type=float, default=0.0,
+                        help="digits: diffusion time of noise on the known frames when sampling (training draws 0-0.05)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--cost-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -351,7 +357,7 @@ def main() -> None:
     if args.dataset == "digits":
         s = digits_tasks(vidiff.load(args.model), args.clips, args.steps,
                          told_guidance=args.forecast_guidance if args.forecast_prompt else None,
-                         overlap=args.overlap)
+                         overlap=args.overlap, known_noise=args.known_noise)
         print(json.dumps({k: round(v, 3) for k, v in s.items()}))
         if args.json:
             with open(args.json, "w") as f:
