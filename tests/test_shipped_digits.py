@@ -38,7 +38,7 @@ def test_digits_is_installed_and_was_trained_by_the_committed_config(card):
     folder = shipped.PACKAGE_DIR / "digits"
     assert "digits" in shipped.shipped_names() and shipped.total_bytes() <= shipped.BUDGET_BYTES
     assert card["dtype"] == "float16" and card["kind"] == "denoiser"
-    overrides = re.search(r"vidiff train configs/digits-st.yaml((?: [\w.]+=\S+)*)", card["command"])
+    overrides = re.search(r"vidiff train configs/digits-st\.yaml((?: [\w.]+=\S+)*)", card["command"])
     committed = load_run_config(str(CONFIG), overrides.group(1).split())
     recorded = from_dict(RunConfig, yaml.safe_load((folder / "train.yaml").read_text()))
     for part in ("model", "diffusion", "text", "data", "tasks", "sample"):
@@ -58,6 +58,8 @@ def test_digits_samples_its_training_size(card):
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of the whole clip's MSE, the card's definition (benchmarks/tasks.py), not the
+    per-frame mean of ``vidiff.eval.temporal.psnr_ssim``."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))
 
