@@ -209,6 +209,31 @@ def test_latent_generate_decodes_unscaled_latents(vae_dir, tmp_path):
     assert np.abs(wrong - expected).mean() > 5 * max(np.abs(frames - expected).mean(), 0.05)
 
 
+def test_a_latent_model_names_its_autoencoder(vae_dir, tmp_path, monkeypatch, capsys):
+    """`--vae` given a latent model (its run, or its shipped name) uses the autoencoder the
+    model carries: the reconstruction is the autoencoder run's own, bit for bit."""
+    from vidiff.pipelines.shipped import SHIPPED_DIR_ENV, ship
+    run = load_run_config(None, [f"train.out_dir={tmp_path / 'lat'}", f"model.vae={vae_dir}", "train.ema_decay=0.9"],
+                          base=LATENT_RUN)
+    build_trainer(run, progress=False).fit()
+    monkeypatch.setenv(SHIPPED_DIR_ENV, str(tmp_path / "shipped"))
+    ship(tmp_path / "lat", "tiny-latent")
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    vidiff.Video(frames, fps=10).save(tmp_path / "in")
+    outputs = {}
+    for name, vae in (("run", vae_dir), ("latent", tmp_path / "lat"), ("shipped", "tiny-latent")):
+        assert main(["reconstruct", str(tmp_path / "in"), "--vae", str(vae), "--out", str(tmp_path / f"rec-{name}")]) == 0
+        outputs[name] = vidiff.Video.load(tmp_path / f"rec-{name}").frames
+    assert np.array_equal(outputs["run"], outputs["latent"])
+    # the shipped copy stores the weights in float16: the same frames up to that rounding
+    assert np.abs(outputs["run"].astype(int) - outputs["shipped"].astype(int)).max() <= 2
+    capsys.readouterr()
+    assert main(["reconstruct", str(tmp_path / "in"), "--vae", "no-such-model", "--out", str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err
+    assert "'no-such-model'" in err and "tiny-latent" in err and "Traceback" not in err
+
+
 def test_a_latent_model_trains_on_the_task_mix_and_forecasts(vae_dir, tmp_path):
     """Masks are drawn on the latent grid in training; at sampling the pixel mask becomes the
     latent mask (latent frame 0 codes pixel frame 0 alone, so one known frame is one latent frame)."""

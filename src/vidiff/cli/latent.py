@@ -4,13 +4,16 @@ from __future__ import annotations
 from vidiff.checkpoint import read_config
 from vidiff.cli.common import (dataset_type, device_type, existing_dir, existing_path, json_out, output_dir,
                                positive_int, video_out, write_json)
-from vidiff.compose import autoencoder_fingerprint, load_autoencoder
+from vidiff.compose import autoencoder_checkpoint, autoencoder_fingerprint, load_autoencoder
 from vidiff.config import apply_overrides, to_dict
 from vidiff.data import DataConfig, build_dataset
 from vidiff.data.latents import cache_latents
 from vidiff.pipelines.autoencoder import reconstruct
 from vidiff.text import TextEncoderConfig, build_text_encoder
 from vidiff.video import Video
+
+VAE_HELP = ("autoencoder checkpoint or run directory, or a latent model (its run directory or "
+            "shipped name, e.g. shapes-latent) for the autoencoder it carries")
 
 
 # ----------------------------------------------------------------------------- reconstruct
@@ -20,7 +23,7 @@ def add_reconstruct(sub) -> None:
                                    "video autoencoder, chunk by chunk, writes the reconstruction "
                                    "and prints its PSNR and SSIM against the input.")
     p.add_argument("video", type=existing_path, metavar="VIDEO")
-    p.add_argument("--vae", required=True, metavar="DIR", help="autoencoder checkpoint or run directory")
+    p.add_argument("--vae", required=True, metavar="DIR", help=VAE_HELP)
     p.add_argument("--out", type=video_out, required=True, metavar="PATH",
                    help="where to write the reconstruction (.mp4, .webm, .gif; none: PNG folder)")
     p.add_argument("--chunk", type=positive_int, default=2, help="latent frames decoded at a time (default 2)")
@@ -54,7 +57,7 @@ def add_cache_latents(sub) -> None:
                                    "autoencoder's training data (frames, size) and are set as "
                                    "key=value (e.g. length=512 frames=17).")
     p.add_argument("dataset", type=dataset_type, metavar="DATASET")
-    p.add_argument("--vae", required=True, metavar="DIR", help="autoencoder checkpoint or run directory")
+    p.add_argument("--vae", required=True, metavar="DIR", help=VAE_HELP)
     p.add_argument("--out", type=output_dir, required=True, metavar="CACHE", help="cache folder to write")
     p.add_argument("--count", type=positive_int, help="clips to cache (default: all of a finite dataset)")
     p.add_argument("--batch-size", type=positive_int, default=8)
@@ -69,9 +72,8 @@ def add_cache_latents(sub) -> None:
 
 
 def run_cache_latents(args) -> int:
-
     vae = load_autoencoder(args.vae, device=args.device)
-    trained_on = read_config(args.vae, kind="autoencoder").get("run", {}).get("data", {})
+    trained_on = read_config(autoencoder_checkpoint(args.vae), kind="autoencoder").get("run", {}).get("data", {})
     data = {"name": args.dataset, "frames": trained_on.get("frames", 17), "size": trained_on.get("size", 32)}
     apply_overrides(data, [o[len("data."):] if o.startswith("data.") else o for o in args.overrides])
     config = DataConfig.from_dict(data)

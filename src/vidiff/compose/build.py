@@ -20,6 +20,7 @@ from vidiff.checkpoint import (
     CheckpointError, read_config, read_weights, resolve_checkpoint, submodule_state, update_digest,
 )
 from vidiff.compose.config import RunConfig
+from vidiff.compose.shipped import resolve_model
 from vidiff.config import from_dict
 from vidiff.models.controlnet import ControlNet
 from vidiff.models.pretrained import frozen_prefixes
@@ -76,11 +77,22 @@ def build_autoencoder_for(run: RunConfig) -> VideoVAE:
 
 
 # ----------------------------------------------------------------------------- from a checkpoint
+def autoencoder_checkpoint(path) -> Path:
+    """The autoencoder checkpoint ``path`` means: an autoencoder checkpoint or run directory
+    as it is, or the autoencoder a latent model carries in its ``vae/`` folder when ``path``
+    is a latent denoiser (a checkpoint, a run directory or a shipped model's name, such as
+    ``shapes-latent``), so a user names the model and gets the autoencoder it was trained on."""
+    path = resolve_checkpoint(resolve_model(path))
+    if read_config(path).get("kind") == "denoiser" and (path / "vae").is_dir():
+        return path / "vae"
+    return path
+
+
 def load_autoencoder(path, device=None, ema: bool = True) -> VideoVAE:
-    """A trained :class:`VideoVAE` from an autoencoder checkpoint (or run) directory, in eval
-    mode on ``device`` (default: the CPU); its config carries the latent scaling estimated
-    when the checkpoint was written."""
-    path = resolve_checkpoint(path)
+    """A trained :class:`VideoVAE` from an autoencoder checkpoint (or run) directory, or from
+    a latent model's (see :func:`autoencoder_checkpoint`), in eval mode on ``device`` (default:
+    the CPU); its config carries the latent scaling estimated when the checkpoint was written."""
+    path = autoencoder_checkpoint(path)
     config = read_config(path, kind="autoencoder", required=("network",))
     vae = VideoVAE(from_dict(VAEConfig, config["network"]))
     state = submodule_state(read_weights(path, ema=ema), "network.")
@@ -94,7 +106,7 @@ def load_autoencoder(path, device=None, ema: bool = True) -> VideoVAE:
 def autoencoder_fingerprint(path) -> str:
     """A short hash of an autoencoder checkpoint's config and weights: what a latent cache
     records so that latents are never used with another autoencoder."""
-    path = resolve_checkpoint(path)
+    path = autoencoder_checkpoint(path)
     digest = hashlib.sha256()
     for name in ("config.json", "ema.safetensors", "model.safetensors"):
         file = path / name
