@@ -63,16 +63,12 @@ from typing import Optional
 
 import numpy as np
 
+from vidiff.eval.temporal import pooled_psnr
 from vae_memory import ALLOCATORS, start_peak, working_mib      # the autoencoder benchmark's peak-RSS reading
 
 CONTEXT, FRAMES, FACTOR = 4, 16, 4
 HOLE = (5, 10)                      # inpainting hides the shape over these frames (inclusive)
 PAD = 8                             # outpainting columns
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
 
 def foreground(frame: np.ndarray) -> np.ndarray:
@@ -125,8 +121,8 @@ def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guida
         # Forecast.
         told = dict(guidance=1.0) if forecast_guidance is None else dict(prompt=text, guidance=forecast_guidance)
         pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, seed=i, **{**opts, **told}).frames
-        r["forecast"].append(psnr(pred[CONTEXT:], clip[CONTEXT:]))
-        r["copy_last"].append(psnr(np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0), clip[CONTEXT:]))
+        r["forecast"].append(pooled_psnr(pred[CONTEXT:], clip[CONTEXT:]))
+        r["copy_last"].append(pooled_psnr(np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0), clip[CONTEXT:]))
         r["direction"].append(detect(pred)["direction"] == triple[2])
         # Interpolate x4 over frames 0..12.
         keys = clip[0:13:FACTOR]
@@ -134,14 +130,14 @@ def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guida
         between = [f for f in range(13) if f % FACTOR]
         blend = np.stack([(1 - (f % FACTOR) / FACTOR) * keys[f // FACTOR].astype(np.float64)
                           + (f % FACTOR) / FACTOR * keys[f // FACTOR + 1] for f in between])
-        r["interp"].append(psnr(out[between], clip[between]))
-        r["blend"].append(psnr(np.round(blend).astype(np.uint8), clip[between]))
+        r["interp"].append(pooled_psnr(out[between], clip[between]))
+        r["blend"].append(pooled_psnr(np.round(blend).astype(np.uint8), clip[between]))
         # Animate: raw output of frame 0.
         known = torch.zeros(3, FRAMES, 32, 32)
         known[:, 0] = video.to_tensor()[:, 0]
         filled, raw = pipe.fill(known, frames_mask(FRAMES, 32, 32, [0]), text, seed=i, **opts)
         raw_frames = Video.from_tensor(raw[0]).frames
-        r["i2v_psnr"].append(psnr(raw_frames[0], clip[0]))
+        r["i2v_psnr"].append(pooled_psnr(raw_frames[0], clip[0]))
         found = detect(Video.from_tensor(filled[0]))
         r["i2v_right"].append((found["color"], found["shape"], found["direction"]) == tuple(triple))
         # Inpaint: the shape's path over HOLE, plus one pixel.
@@ -181,7 +177,7 @@ def run_tasks(pipe, method: str, data, steps: int, weight: float, forecast_guida
             filled, raw = pipe.fill(canvas, keep, text, seed=i, **opts)
             out, raw_frames = Video.from_tensor(filled[0]).frames, Video.from_tensor(raw[0]).frames
             region = slice(0, 32 - PAD) if side == "right" else slice(PAD, 32)
-            r["outpaint_psnr"].append(psnr(raw_frames[:, :, region], kept))
+            r["outpaint_psnr"].append(pooled_psnr(raw_frames[:, :, region], kept))
             errs = []
             for f in range(FRAMES):
                 true = foreground(full[f])
@@ -263,8 +259,8 @@ def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
         pred = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, prompt, seed=i, guidance=guidance,
                             steps=steps, known_noise=known_noise).frames
         copy = np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0)
-        r["forecast"].append(psnr(pred[CONTEXT:], clip[CONTEXT:]))
-        r["copy_last"].append(psnr(copy, clip[CONTEXT:]))
+        r["forecast"].append(pooled_psnr(pred[CONTEXT:], clip[CONTEXT:]))
+        r["copy_last"].append(pooled_psnr(copy, clip[CONTEXT:]))
         r["ssim"].append(float(np.mean(psnr_ssim(pred[CONTEXT:], clip[CONTEXT:])["ssim"])))
         r["copy_ssim"].append(float(np.mean(psnr_ssim(copy, clip[CONTEXT:])["ssim"])))
         long = pipe.extend(Video(clip), long_frames, prompt, seed=i, guidance=guidance, steps=steps,

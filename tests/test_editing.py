@@ -1,7 +1,6 @@
 """Inversion, editing and restyling through the pipeline: exactness on Gaussian data, guidance-
 aware inversion, attention injection and its scopes, the noise file and its fingerprint."""
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from torch import nn
 import vidiff
 from vidiff.diffusion import Schedule, invert, sample, timesteps
 from vidiff.diffusion.gaussian import GaussianDenoiser
+from vidiff.eval.temporal import pooled_psnr
 from vidiff.models.layers import Attention, attention_processors, sampling_step, sdpa_processor
 from vidiff.pipelines.injection import AttentionStore, attention_probabilities, injected_steps
 from vidiff.pipelines.inversion import INVERT_SPACING, INVERT_T_MIN, Inversion
@@ -139,11 +139,6 @@ def video():
     return Video(render("red", "circle", "right", frames=4, size=16, start=(5.0, 8.0)))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
-
-
 def levels(a: Video, b: Video) -> int:
     return int(np.abs(a.frames.astype(int) - b.frames.astype(int)).max())
 
@@ -174,7 +169,7 @@ def test_identical_prompts_with_full_injection_give_the_reconstruction_back(pipe
     reconstruction = pipe.generate_from_noise(pipe.invert(video, RED, steps=6, guidance=3.0, cfg_inversion="negative"))
     same = pipe.edit(video, RED, RED, inject=1.0, steps=6, guidance=3.0)
     assert levels(same, reconstruction) <= 1
-    assert psnr(same.frames, video.frames) > psnr(reconstruction.frames, video.frames) - 0.1
+    assert pooled_psnr(same.frames, video.frames) > pooled_psnr(reconstruction.frames, video.frames) - 0.1
     edited = pipe.edit(video, RED, BLUE, inject=0.0, steps=6, guidance=3.0)
     assert levels(edited, reconstruction) > 1      # another prompt does change the clip
     assert pipe.edit(video, RED, BLUE, strength=0.0) is video
@@ -295,7 +290,7 @@ def test_restyle_is_sdedit(pipe, video):
     assert np.array_equal(kept.frames, video.frames)
     near = pipe.restyle(video, BLUE, strength=0.2, steps=4, seed=3)
     far = pipe.restyle(video, BLUE, strength=1.0, steps=4, seed=3)
-    assert psnr(near.frames, video.frames) > psnr(far.frames, video.frames)
+    assert pooled_psnr(near.frames, video.frames) > pooled_psnr(far.frames, video.frames)
     assert levels(pipe.restyle(video, BLUE, strength=0.2, steps=4, seed=3), near) == 0
     two = pipe.restyle(video, BLUE, strength=0.5, steps=2, samples=2)
     assert len(two) == 2 and levels(two[0], two[1]) > 0

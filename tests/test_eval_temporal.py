@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from vidiff.cli import main
-from vidiff.eval.temporal import (block_flow, clip_metrics, dynamic_degree, motion_smoothness, psnr_ssim,
-                                  temporal_flickering)
+from vidiff.eval.temporal import (block_flow, clip_metrics, dynamic_degree, motion_smoothness, pooled_psnr,
+                                  psnr_ssim, temporal_flickering)
 from vidiff.video import Video
 
 T, H, W = 8, 32, 32
@@ -75,6 +75,21 @@ def test_psnr_ssim_against_references():
         psnr_ssim(clip[:4], clip)
     with pytest.raises(ValueError, match="at least 2 frames"):
         clip_metrics(clip[:1])
+
+
+def test_pooled_psnr_pools_the_error_not_the_decibels():
+    clip = np.clip(noise(), 20, 235).astype(np.uint8)
+    assert pooled_psnr(clip, clip) == 100.0
+    worse = clip.copy()
+    worse[0] += 16                                      # one frame off by 16 levels, the rest exact
+    # MSE pooled over T frames: 16^2 / T, so 10 log10(255^2 T / 256); the per-frame mean is far higher
+    assert pooled_psnr(worse, clip) == pytest.approx(10 * np.log10(255 ** 2 * T / 256))
+    assert np.mean(psnr_ssim(worse, clip)["psnr"]) > pooled_psnr(worse, clip) + 40
+    mask = np.zeros(clip.shape[:3], bool)
+    mask[0, :4] = True                                 # any selection of pixels: here only altered ones
+    assert pooled_psnr(worse[mask], clip[mask]) == pytest.approx(10 * np.log10(255 ** 2 / 256))
+    with pytest.raises(ValueError, match="differ in shape"):
+        pooled_psnr(clip[:4], clip)
 
 
 def test_cli_reports_per_clip_and_mean(tmp_path, capsys):

@@ -18,6 +18,7 @@ from vidiff.compose import RunConfig
 from vidiff.config import from_dict, to_dict
 from vidiff.data import DataConfig
 from vidiff.data.digits import MovingDigits
+from vidiff.eval.temporal import pooled_psnr
 from vidiff.pipelines import shipped
 from vidiff.train.config import load_run_config
 
@@ -57,16 +58,10 @@ def test_digits_samples_its_training_size(card):
     assert video.frames.shape == (FRAMES, 32, 32, 3)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of the whole clip's MSE, the card's definition (benchmarks/tasks.py), not the
-    per-frame mean of ``vidiff.eval.temporal.psnr_ssim``."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))
-
-
 def test_digits_forecast_gain_matches_its_card(card):
     """On fresh clips, the forecast's mean gain over copying the last context frame lies within
-    three standard errors (the card's per-clip spread) of the gain the card records."""
+    three standard errors (the card's per-clip spread) of the gain the card records; PSNR is
+    the card's, of the whole clip's pooled error (``pooled_psnr``)."""
     scores = card["scores"]
     recorded, spread = scores["forecast"] - scores["copy_last"], scores["gain_std"]
     pipe, data = vidiff.load("digits"), MovingDigits(frames=FRAMES, size=32, seed=SEED)
@@ -77,6 +72,6 @@ def test_digits_forecast_gain_matches_its_card(card):
                             guidance=1.0).frames           # frames alone, as the benchmark
         assert np.array_equal(pred[:CONTEXT], clip[:CONTEXT])                  # the context, as given
         copy = np.repeat(clip[CONTEXT - 1:CONTEXT], FRAMES - CONTEXT, 0)
-        gains.append(_psnr(pred[CONTEXT:], clip[CONTEXT:]) - _psnr(copy, clip[CONTEXT:]))
+        gains.append(pooled_psnr(pred[CONTEXT:], clip[CONTEXT:]) - pooled_psnr(copy, clip[CONTEXT:]))
     tolerance = 3 * spread / math.sqrt(CLIPS)
     assert abs(np.mean(gains) - recorded) <= tolerance, (gains, recorded, tolerance)

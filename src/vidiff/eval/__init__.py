@@ -16,11 +16,11 @@ from vidiff.eval.distance import video_distance
 from vidiff.eval.features import FeatureExtractor, load_extractor
 from vidiff.eval.frechet import frechet_distance, frechet_from_features, gaussian_stats, polynomial_mmd
 from vidiff.eval.shapes import CaptionError, detect, parse_caption, score
-from vidiff.eval.temporal import (clip_metrics, dynamic_degree, motion_smoothness, psnr_ssim,
+from vidiff.eval.temporal import (clip_metrics, dynamic_degree, motion_smoothness, pooled_psnr, psnr_ssim,
                                   temporal_flickering, temporal_report)
 
 __all__ = ["detect", "score", "parse_caption", "CaptionError",
            "frechet_distance", "frechet_from_features", "gaussian_stats", "polynomial_mmd",
            "FeatureExtractor", "load_extractor", "video_distance",
-           "temporal_flickering", "motion_smoothness", "dynamic_degree", "psnr_ssim", "clip_metrics",
+           "temporal_flickering", "motion_smoothness", "dynamic_degree", "psnr_ssim", "pooled_psnr", "clip_metrics",
            "temporal_report"]

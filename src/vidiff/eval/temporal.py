@@ -168,6 +168,18 @@ def psnr_ssim(frames: np.ndarray, reference: np.ndarray) -> dict:
     return {"psnr": psnr, "ssim": ssim}
 
 
+def pooled_psnr(frames: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR (dB, peak 255) of the squared error pooled over every value of two uint8 arrays of
+    the same shape: a whole clip ``(T, H, W, 3)``, or the pixels a mask selects. Unlike the
+    mean of :func:`psnr_ssim`'s per-frame PSNRs, a frame weighs by its error, not its decibels,
+    so a few failed frames cannot hide behind many exact ones. ``PSNR_CAP`` when identical."""
+    frames, reference = np.asarray(frames), np.asarray(reference)
+    if frames.shape != reference.shape:
+        raise ValueError(f"arrays to compare differ in shape: {frames.shape} vs {reference.shape}")
+    mse = float(np.mean((frames.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, float(10 * np.log10(255.0 ** 2 / mse)))
+
+
 def clip_metrics(frames: np.ndarray, reference: Optional[np.ndarray] = None) -> dict:
     """Every metric of one clip: ``flickering``, ``smoothness`` (None when T < 3), ``flow``,
     ``dynamic``, and with a reference ``psnr``/``ssim`` (per frame) and their means."""
