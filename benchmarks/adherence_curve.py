@@ -28,8 +28,6 @@ from pathlib import Path
 import torch
 
 from vidiff.checkpoint import read_config
-from vidiff.compose import RunConfig
-from vidiff.config import from_dict, to_dict
 from vidiff.data import DEMO_HELD_OUT
 from vidiff.eval.adherence import shapes_adherence
 from vidiff.models.flops import count_flops
@@ -41,9 +39,9 @@ from vidiff.train.run import build_trainer
 def step_tflop(checkpoint: Path) -> float:
     """FLOPs (TFLOP) of one training step of the run that wrote ``checkpoint``, counted on a
     fresh trainer of the same config (its weights do not change the cost)."""
-    run = from_dict(RunConfig, read_config(checkpoint)["run"])
     with tempfile.TemporaryDirectory() as scratch:
-        run = load_run_config(None, [f"train.out_dir={scratch}", "train.init_from=null"], base=to_dict(run))
+        run = load_run_config(None, [f"train.out_dir={scratch}", "train.init_from=null"],
+                              base=read_config(checkpoint)["run"])
         trainer = build_trainer(run, progress=False)
         return count_flops(trainer.train_step) / 1e12
 
@@ -93,10 +91,14 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=2))
     heads = []
     for run, r in result.items():
-        hit = r["reached"]
-        heads.append(f"{run} reaches {args.target:.1%} seen adherence at step {hit['step']} ({hit['pflop']:.3f} PFLOP)"
-                     if hit else f"{run} does not reach {args.target:.1%} by step {r['rows'][-1]['step']}"
-                     if args.target else f"{run} ends at {r['rows'][-1]['seen']:.1%} seen")
+        hit, last = r["reached"], r["rows"][-1]
+        if hit:
+            heads.append(f"{run} reaches {args.target:.1%} seen adherence at step {hit['step']} "
+                         f"({hit['pflop']:.3f} PFLOP)")
+        elif args.target:
+            heads.append(f"{run} does not reach {args.target:.1%} by step {last['step']}")
+        else:
+            heads.append(f"{run} ends at {last['seen']:.1%} seen")
     print("headline: " + "; ".join(heads))
 
 

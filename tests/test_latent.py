@@ -17,6 +17,7 @@ from vidiff.pipelines.autoencoder import psnr_ssim, reconstruct
 from vidiff.checkpoint import resolve_checkpoint
 from vidiff.train.config import load_run_config
 from vidiff.pipelines.samples import write_samples
+from vidiff.pipelines.shipped import SHIPPED_DIR_ENV, ship
 from vidiff.train.run import build_trainer, train
 
 DATA = {"name": "shapes", "frames": 5, "size": 16, "held_out": "demo"}
@@ -211,8 +212,8 @@ def test_latent_generate_decodes_unscaled_latents(vae_dir, tmp_path):
 
 def test_a_latent_model_names_its_autoencoder(vae_dir, tmp_path, monkeypatch, capsys):
     """`--vae` given a latent model (its run, or its shipped name) uses the autoencoder the
-    model carries: the reconstruction is the autoencoder run's own, bit for bit."""
-    from vidiff.pipelines.shipped import SHIPPED_DIR_ENV, ship
+    model carries: the reconstruction is the autoencoder run's own, bit for bit through the
+    latent run, and up to float16 storage through the shipped copy."""
     run = load_run_config(None, [f"train.out_dir={tmp_path / 'lat'}", f"model.vae={vae_dir}", "train.ema_decay=0.9"],
                           base=LATENT_RUN)
     build_trainer(run, progress=False).fit()

@@ -72,8 +72,9 @@ def add_cache_latents(sub) -> None:
 
 
 def run_cache_latents(args) -> int:
-    vae = load_autoencoder(args.vae, device=args.device)
-    trained_on = read_config(autoencoder_checkpoint(args.vae), kind="autoencoder").get("run", {}).get("data", {})
+    checkpoint = autoencoder_checkpoint(args.vae)      # found (and a shipped model verified) once
+    vae = load_autoencoder(checkpoint, device=args.device)
+    trained_on = read_config(checkpoint, kind="autoencoder").get("run", {}).get("data", {})
     data = {"name": args.dataset, "frames": trained_on.get("frames", 17), "size": trained_on.get("size", 32)}
     apply_overrides(data, [o[len("data."):] if o.startswith("data.") else o for o in args.overrides])
     config = DataConfig.from_dict(data)
@@ -83,7 +84,7 @@ def run_cache_latents(args) -> int:
         if not args.text_path:
             raise ValueError(f"--text-kind {args.text_kind} needs --text-path DIR (a local model directory)")
         text_encoder = build_text_encoder(TextEncoderConfig(kind=args.text_kind, path=args.text_path))
-    out = cache_latents(vae, autoencoder_fingerprint(args.vae), build_dataset(config), args.out,
+    out = cache_latents(vae, autoencoder_fingerprint(checkpoint), build_dataset(config), args.out,
                         count=args.count, batch_size=args.batch_size, shard_size=args.shard_size,
                         text_encoder=text_encoder, source=to_dict(config), progress=True)
     print(f"wrote a latent cache in {out}: train on it with data.name={out} model.vae={args.vae} "
