@@ -2,7 +2,8 @@
 
 For each run directory given, every ``--every``-th kept checkpoint (``train.keep_last: 0``
 keeps them all) is scored with vidiff's MovingShapes detector: ``--samples`` clips of every
-triple (dpmpp_2m, 20 steps, guidance 5, as ``vidiff eval shapes``), seen and held-out triples
+triple (dpmpp_2m, 20 steps and the run's own guidance unless ``--guidance`` says, as
+``vidiff eval shapes``), seen and held-out triples
 reported apart. The training FLOPs of one real step of the run's own config (its data as it
 trained: a latent cache costs no encoding) are counted by ``vidiff.models.flops`` as
 ``benchmarks/cascade.py compute`` counts them, so each checkpoint's cumulative compute is
@@ -60,8 +61,10 @@ def curve(run_dir: Path, args) -> dict:
     for checkpoint in chosen:
         step = int(read_config(checkpoint)["step"])
         start = time.perf_counter()
-        report = shapes_adherence(load(checkpoint), held_out=DEMO_HELD_OUT, samples=args.samples,
-                                  steps=args.steps, seed=args.seed, progress=False)
+        pipe = load(checkpoint)
+        guidance = pipe.sampling(None, None, args.guidance)[2]     # unset: the run's own
+        report = shapes_adherence(pipe, held_out=DEMO_HELD_OUT, samples=args.samples,
+                                  steps=args.steps, guidance=guidance, seed=args.seed, progress=False)
         row = {"step": step, "pflop": extra + step * per_step / 1e3, "seen": report["seen"]["adherence"],
                "held_out": report["held_out"]["adherence"], "seconds": time.perf_counter() - start}
         rows.append(row)
@@ -78,13 +81,15 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1, help="clips per triple")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (default: each run's own sample.guidance)")
     p.add_argument("--target", type=float, help="seen adherence to reach (0-1)")
     p.add_argument("--extra-pflop", action="append", default=[], metavar="RUN=P",
                    help="compute spent before RUN (PFLOP), e.g. its autoencoder and latent cache")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     args.extra = {k: float(v) for k, v in (item.split("=", 1) for item in args.extra_pflop)}
-    print(f"adherence along training: {args.samples} sample(s) per triple, {args.steps} steps; "
+    guidance = "each run's own guidance" if args.guidance is None else f"guidance {args.guidance:g}"
+    print(f"adherence along training: {args.samples} sample(s) per triple, {args.steps} steps, {guidance}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     result = {str(run): curve(run, args) for run in args.runs}
     if args.json:

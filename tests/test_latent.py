@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 import vidiff
 from vidiff.cli import main
-from vidiff.data import build_dataset, collate
+from vidiff.config import ConfigError
+from vidiff.data import DEMO_HELD_OUT, build_dataset, collate
 from vidiff.data.common import DatasetError
 from vidiff.data.latents import LatentCache
 from vidiff.compose import load_autoencoder
@@ -115,9 +116,13 @@ def test_latent_cache_round_trip_and_training_matches_on_the_fly(vae_dir, tmp_pa
                                base=LATENT_RUN)
     fly = build_trainer(run("fly"), progress=False)
     fly.fit()
-    cached = build_trainer(run("cached", f"data.name={cache}", "data.held_out=none"), progress=False)
+    cached = build_trainer(run("cached", f"data.name={cache}"), progress=False)
     cached.fit()
     assert cached.dataset.cached_text                           # token ids came from the cache
+    # the run records what its cache's source held out, so the model's eval scores them apart
+    assert sorted(map(tuple, vidiff.load(tmp_path / "cached").run_config.data.held_out)) == sorted(DEMO_HELD_OUT)
+    with pytest.raises(ConfigError, match=r"holding out 4: set data.held_out=demo"):
+        build_trainer(run("other", f"data.name={cache}", "data.held_out=none"), progress=False)
     a, b = weights(tmp_path / "fly"), weights(tmp_path / "cached")
     assert a.keys() == b.keys()
     for key in a:

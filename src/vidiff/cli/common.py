@@ -261,19 +261,21 @@ def add_video_out(p) -> None:
                    help="output path; the extension picks the container (.mp4, .webm, .gif; none: PNG folder)")
 
 
-def add_sampling_options(p, samples: bool = True, unset: bool = False, guidance_help: Optional[str] = None) -> None:
+def add_sampling_options(p, samples: bool = True, guidance_help: Optional[str] = None) -> None:
     """The options every sampling command shares (DESIGN: the same meaning everywhere).
-    ``unset``: ``--steps``, ``--sampler`` and ``--guidance`` stay None when not given, so a
-    command whose other source of them (a cascade's stages, a noise file) would silently win
-    can refuse them; it fills in the defaults itself (:func:`fill_sampling_defaults`)."""
+    ``--steps``, ``--sampler`` and ``--guidance`` stay None when not given: the model then
+    samples as its config's ``sample`` section says (:attr:`VideoPipeline.sample_defaults
+    <vidiff.pipelines.VideoPipeline.sample_defaults>`), and a command whose other source of
+    them (a cascade's stages, a noise file) would silently win can refuse them."""
     add_model_option(p)
     p.add_argument("--negative-prompt", type=text_type, help="steer away from this text")
-    p.add_argument("--steps", type=positive_int, default=None if unset else DEFAULTS.steps,
-                   help=f"sampling steps (default {DEFAULTS.steps})")
-    p.add_argument("--sampler", type=one_of("sampler", SAMPLERS), default=None if unset else DEFAULTS.sampler,
-                   help=f"default {DEFAULTS.sampler}")
-    p.add_argument("--guidance", type=nonnegative_float, default=None if unset else DEFAULTS.guidance,
-                   help=guidance_help or f"classifier-free guidance scale, 1 = off (default {DEFAULTS.guidance:g})")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help=f"sampling steps (default: the model's own; {DEFAULTS.steps} unless its config says otherwise)")
+    p.add_argument("--sampler", type=one_of("sampler", SAMPLERS), default=None,
+                   help=f"default: the model's own; {DEFAULTS.sampler} unless its config says otherwise")
+    p.add_argument("--guidance", type=nonnegative_float, default=None,
+                   help=guidance_help or f"classifier-free guidance scale, 1 = off (default: the model's own; "
+                                         f"{DEFAULTS.guidance:g} unless its config says otherwise)")
     p.add_argument("--seed", type=seed_type, default=0)
     if samples:
         p.add_argument("--samples", type=positive_int, default=1,
@@ -303,13 +305,6 @@ def add_long_options(p) -> None:
 
 
 SAMPLING_OPTIONS = ("steps", "sampler", "guidance")
-
-
-def fill_sampling_defaults(args) -> None:
-    """Give ``--steps``, ``--sampler`` and ``--guidance`` left unset their defaults."""
-    for name in SAMPLING_OPTIONS:
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(DEFAULTS, name))
 
 
 def sampling_kwargs(args) -> dict:

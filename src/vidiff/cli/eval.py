@@ -13,7 +13,6 @@ from pathlib import Path
 from vidiff.cli.common import (add_model_option, csv_list, dataset_type, device_type, existing_dir, existing_file,
                                int_at_least, json_out, nonnegative_float, one_of, output_file, positive_int,
                                seed_type, text_type, write_json)
-from vidiff.data import build_dataset
 from vidiff.diffusion import SAMPLERS
 from vidiff.eval.adherence import format_report, shapes_adherence
 from vidiff.eval.clip_score import clip_report, format_clip
@@ -81,11 +80,15 @@ def add_eval(sub) -> None:
                                           "--samplers run the steps-versus-quality study (JSON + PNG).")
     add_model_option(shapes)
     shapes.add_argument("--samples", type=positive_int, default=4)
-    shapes.add_argument("--steps", type=csv_list(positive_int), default=[DEFAULTS.steps], help="step counts, e.g. 10,20,50")
-    shapes.add_argument("--sampler", type=one_of("sampler", SAMPLERS), help=f"one sampler (default {DEFAULTS.sampler})")
+    shapes.add_argument("--steps", type=csv_list(positive_int),
+                        help=f"step counts, e.g. 10,20,50 (default: the model's own, {DEFAULTS.steps} unless its "
+                             "config says otherwise)")
+    shapes.add_argument("--sampler", type=one_of("sampler", SAMPLERS),
+                        help=f"one sampler (default: the model's own, {DEFAULTS.sampler} unless its config says otherwise)")
     shapes.add_argument("--samplers", type=csv_list(one_of("sampler", SAMPLERS)),
                         help="several samplers, e.g. ddim,dpmpp_2m,euler")
-    shapes.add_argument("--guidance", type=nonnegative_float, default=DEFAULTS.guidance, help="1 = off")
+    shapes.add_argument("--guidance", type=nonnegative_float,
+                        help=f"1 = off (default: the model's own, {DEFAULTS.guidance:g} unless its config says otherwise)")
     shapes.add_argument("--seed", type=seed_type, default=0)
     shapes.add_argument("--plot", type=output_file([".png"]), metavar="PATH",
                         help="study plot (default: the JSON path with .png)")
@@ -165,20 +168,22 @@ def run_eval_shapes(args) -> int:
 
     if args.sampler is not None and args.samplers is not None:
         raise ValueError("give --sampler or --samplers, not both")
-    samplers = args.samplers or [args.sampler or DEFAULTS.sampler]
-    check_grid(args.steps, samplers)
     pipe = load(args.model, device=args.device)
-    held_out = []
-    if pipe.run_config is not None and pipe.run_config.data.name == "shapes":
-        held_out = list(getattr(build_dataset(pipe.run_config.data), "held_out", []))
-    if len(args.steps) == 1 and len(samplers) == 1:
-        report = shapes_adherence(pipe, held_out, samples=args.samples, steps=args.steps[0],
-                                  sampler=samplers[0], guidance=args.guidance, seed=args.seed)
+    # unset: as the model samples (its config's sample section), where its card was measured
+    default_steps, default_sampler, guidance = pipe.sampling(None, args.sampler, args.guidance)
+    samplers = args.samplers or [default_sampler]
+    steps = args.steps or [default_steps]
+    check_grid(steps, samplers)
+    # the triples its training never saw: its data config's (a latent cache's run carries its source's)
+    held_out = [tuple(t) for t in pipe.run_config.data.held_out] if pipe.run_config is not None else []
+    if len(steps) == 1 and len(samplers) == 1:
+        report = shapes_adherence(pipe, held_out, samples=args.samples, steps=steps[0],
+                                  sampler=samplers[0], guidance=guidance, seed=args.seed)
         print(format_report(report))
         write_json(args.json, report)
         return 0
-    report = steps_study(pipe, args.steps, samplers, held_out, samples=args.samples,
-                         guidance=args.guidance, seed=args.seed)
+    report = steps_study(pipe, steps, samplers, held_out, samples=args.samples,
+                         guidance=guidance, seed=args.seed)
     print(format_study(report))
     plot = Path(args.plot) if args.plot else Path(args.json).with_suffix(".png")
     plot_study(report, plot)

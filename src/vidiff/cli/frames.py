@@ -14,10 +14,11 @@ from vidiff.cli.common import (add_frame_options, add_long_options, add_sampling
 from vidiff.pipelines.video import DEFAULTS, load
 
 
-# Frame commands leave --steps, --sampler and --guidance unset, so the pipeline's frame-task
-# defaults apply: guidance 1 for a mask-trained model (SampleConfig.known_guidance).
-FRAME_GUIDANCE_HELP = (f"classifier-free guidance scale, 1 = off (default: {DEFAULTS.known_guidance:g} for a "
-                       f"model trained with known frames, else {DEFAULTS.guidance:g})")
+# Frame commands leave --steps, --sampler and --guidance unset, so the model's own frame-task
+# defaults apply: its sample.known_guidance (1) for a mask-trained model (SampleConfig).
+FRAME_GUIDANCE_HELP = (f"classifier-free guidance scale, 1 = off (default: the model's own, {DEFAULTS.known_guidance:g} "
+                       f"for a model trained with known frames, else {DEFAULTS.guidance:g}, unless its config says "
+                       "otherwise)")
 
 
 # ----------------------------------------------------------------------------- value types
@@ -56,7 +57,7 @@ def add_animate(sub) -> None:
     p.add_argument("--prompt", type=text_type)
     p.add_argument("--frames", type=positive_int, help="length of the video written (default: training length)")
     p.add_argument("--frame-index", type=int, default=0, help="the frame the image becomes (default 0)")
-    add_sampling_options(p, unset=True, guidance_help=FRAME_GUIDANCE_HELP)   # unset: the pipeline picks
+    add_sampling_options(p, guidance_help=FRAME_GUIDANCE_HELP)
     add_frame_options(p)
     p.set_defaults(run=run_animate)
 
@@ -77,7 +78,7 @@ def add_predict(sub) -> None:
     p.add_argument("--context", type=positive_int, required=True, help="frames of the video's end to start from")
     p.add_argument("--frames", type=positive_int, required=True, help="length of the clip written, context included")
     p.add_argument("--prompt", type=text_type)
-    add_sampling_options(p, unset=True, guidance_help=FRAME_GUIDANCE_HELP)   # unset: the pipeline picks
+    add_sampling_options(p, guidance_help=FRAME_GUIDANCE_HELP)
     add_frame_options(p)
     p.set_defaults(run=run_predict)
 
@@ -95,7 +96,7 @@ def add_interpolate(sub) -> None:
     p.add_argument("video", type=existing_path)
     p.add_argument("--factor", type=positive_int, required=True, help="frame-rate multiplier, >= 2")
     p.add_argument("--prompt", type=text_type)
-    add_sampling_options(p, samples=False, unset=True, guidance_help=FRAME_GUIDANCE_HELP)
+    add_sampling_options(p, samples=False, guidance_help=FRAME_GUIDANCE_HELP)
     add_frame_options(p)
     p.set_defaults(run=run_interpolate)
 
@@ -116,7 +117,7 @@ def add_inpaint(sub) -> None:
     p.add_argument("--mask", type=existing_path, help="an image (every frame) or a video of masks; white = regenerate")
     p.add_argument("--box", type=int_tuple(4, "box x0,y0,x1,y1"), help="pixels, x1 and y1 exclusive")
     p.add_argument("--frame-range", type=int_tuple(2, "frame range f0,f1"), help="frames of --box (inclusive)")
-    add_sampling_options(p, unset=True, guidance_help=FRAME_GUIDANCE_HELP)   # unset: the pipeline picks
+    add_sampling_options(p, guidance_help=FRAME_GUIDANCE_HELP)
     add_frame_options(p)
     p.set_defaults(run=run_inpaint)
 
@@ -139,7 +140,7 @@ def add_outpaint(sub) -> None:
     p.add_argument("video", type=existing_path)
     p.add_argument("--pad", type=pad_type, required=True, help="left=8,right=8,top=0,bottom=0 (pixels)")
     p.add_argument("--prompt", type=text_type)
-    add_sampling_options(p, unset=True, guidance_help=FRAME_GUIDANCE_HELP)   # unset: the pipeline picks
+    add_sampling_options(p, guidance_help=FRAME_GUIDANCE_HELP)
     add_frame_options(p)
     p.set_defaults(run=run_outpaint)
 
@@ -157,7 +158,7 @@ def add_extend(sub) -> None:
     p.add_argument("video", type=existing_path)
     p.add_argument("--frames", type=positive_int, required=True, help="length of the video written")
     p.add_argument("--prompt", type=text_type)
-    add_sampling_options(p, unset=True, guidance_help=FRAME_GUIDANCE_HELP)   # unset: the pipeline picks
+    add_sampling_options(p, guidance_help=FRAME_GUIDANCE_HELP)
     add_frame_options(p)
     add_long_options(p)
     p.set_defaults(run=run_extend)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from vidiff.cli.common import (SAMPLING_OPTIONS, add_frame_options, add_long_options, add_sampling_options,
-                               existing_file, existing_path, fill_sampling_defaults, long_kwargs, model_type,
+                               existing_file, existing_path, long_kwargs, model_type,
                                nonnegative_float, one_of, positive_int, read_video, sampling_kwargs, text_type,
                                unit_interval)
 from vidiff.models.controlnet import CONTROL_TYPES
@@ -63,7 +63,7 @@ def add_generate(sub) -> None:
                               "(default 0,1; 0,0.6 sets the layout and leaves the details to the model)")
     control.add_argument("--extractor", type=existing_file, metavar="FILE",
                          help="a TorchScript model that makes depth or custom maps for --control-from")
-    add_sampling_options(p, unset=True)      # a cascade's stages or a noise file set them otherwise
+    add_sampling_options(p)      # unset: the model's own, unless a cascade's stages or a noise file set them
     add_frame_options(p)
     add_long_options(p)
     p.set_defaults(run=run_generate)
@@ -74,7 +74,6 @@ def run_generate(args) -> int:
         return _from_noise(args)
     if args.cascade is not None:
         return _cascade(args)
-    fill_sampling_defaults(args)
     prompts = _prompts(args)
     options = long_kwargs(args)      # a bad schedule file is refused before the model loads
     if options["prompt_schedule"] is not None and prompts is not None and len(prompts) > 1:

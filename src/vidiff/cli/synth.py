@@ -32,9 +32,10 @@ def add_synth(sub) -> None:
                    help="the model's held-out triples: include them (default: all 84 triples), "
                         "exclude them, or only them")
     p.add_argument("--frames", type=positive_int, help="clip length (default: the model's training length)")
-    p.add_argument("--steps", type=positive_int, default=DEFAULTS.steps)
-    p.add_argument("--sampler", type=one_of("sampler", SAMPLERS), default=DEFAULTS.sampler)
-    p.add_argument("--guidance", type=nonnegative_float, default=DEFAULTS.guidance, help="1 = off")
+    own = "the model's own, {} unless its config says otherwise"
+    p.add_argument("--steps", type=positive_int, help=f"default: {own.format(DEFAULTS.steps)}")
+    p.add_argument("--sampler", type=one_of("sampler", SAMPLERS), help=f"default: {own.format(DEFAULTS.sampler)}")
+    p.add_argument("--guidance", type=nonnegative_float, help=f"1 = off (default: {own.format(f'{DEFAULTS.guidance:g}')})")
     p.add_argument("--max-attempts", type=positive_int, default=8,
                    help="samples tried per clip before it is recorded as failed (default 8)")
     p.add_argument("--batch", type=positive_int, default=16, help="clips sampled per call (default 16)")
@@ -50,9 +51,10 @@ def run_synth(args) -> int:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     pipe = load(args.model, device=device)
+    steps, sampler, guidance = pipe.sampling(args.steps, args.sampler, args.guidance)   # unset: the model's own
     report = synthesize(pipe, args.out, args.n, model_identity(args.model), seed=args.seed,
-                        held_out=args.held_out, steps=args.steps, sampler=args.sampler,
-                        guidance=args.guidance, frames=args.frames, max_attempts=args.max_attempts,
+                        held_out=args.held_out, steps=steps, sampler=sampler,
+                        guidance=guidance, frames=args.frames, max_attempts=args.max_attempts,
                         batch=args.batch, format=args.format, rank=rank, world_size=world,
                         progress=local == 0)       # one bar per machine, not one per process
     print(format_report(report, args.out))

@@ -52,7 +52,8 @@ class DataConfig:
             batched by shape.
         num_workers: DataLoader worker processes (0: decode in the main process).
         held_out: shapes: ``[[color, shape, direction], ...]`` (or captions) never trained
-            on, or ``"demo"`` for :data:`vidiff.data.DEMO_HELD_OUT`.
+            on, or ``"demo"`` for :data:`vidiff.data.DEMO_HELD_OUT`; a latent cache of
+            shapes: the triples its source held out (checked).
         max_digits: digits: 1 to this many digits per clip.
         photos: photopan: photo names to use (default all available).
         stride: folder: take every ``stride``-th frame (exclusive with ``fps``).
@@ -137,11 +138,11 @@ class DataConfig:
         return from_dict(cls, data, "data")
 
 
-def _check_applicable(config: DataConfig) -> None:
+def _check_applicable(config: DataConfig, skip: tuple[str, ...] = ()) -> None:
     defaults = DataConfig()
     kind = config.kind
     for key, kinds in _SPECIFIC.items():
-        if kind not in kinds and getattr(config, key) != getattr(defaults, key):
+        if key not in skip and kind not in kinds and getattr(config, key) != getattr(defaults, key):
             where = " and ".join("video folders" if k == "folder" else repr(k) for k in kinds)
             raise ConfigError(f"data.{key} applies only to {where}, not to {config.name!r}")
 
@@ -159,20 +160,9 @@ def build_dataset(config: Union[DataConfig, dict, str]):
     if kind == "folder" and not Path(config.name).expanduser().exists():
         raise ConfigError(f"data.name: {config.name!r} is neither a built-in dataset "
                           f"({', '.join(BUILTIN)}) nor an existing path to a folder of videos")
+    if kind == "folder" and is_latent_cache(Path(config.name).expanduser()):
+        return _latent_cache(config)
     _check_applicable(config)
-    if kind == "folder":
-        if is_latent_cache(Path(config.name).expanduser()):
-            try:
-                cache = LatentCache(Path(config.name).expanduser())
-            except DatasetError as e:
-                raise ConfigError(f"data: {e}") from None
-            source = cache.index.get("source") or {}
-            for key in ("frames", "size"):
-                if key in source and source[key] != getattr(config, key):
-                    raise ConfigError(f"data.{key}={getattr(config, key)} but the latent cache "
-                                      f"{config.name!r} holds clips of {key} {source[key]}: set "
-                                      f"data.{key}={source[key]}")
-            return cache
     common = dict(frames=config.frames, size=config.size, seed=config.seed, length=config.length,
                   buckets=config.buckets)
     synthetic = dict(fps=config.fps if config.fps is not None else DEFAULT_FPS, stretch=config.stretch)
@@ -188,6 +178,30 @@ def build_dataset(config: Union[DataConfig, dict, str]):
                            captions=config.captions, crop=config.crop)
     except DatasetError as e:
         raise ConfigError(f"data: {e}") from None
+
+
+def _latent_cache(config: DataConfig) -> LatentCache:
+    """The latent cache at ``config.name``, checked against the config: its clips' ``frames``
+    and ``size``, and ``held_out``, which must name the triples its source held out (so the
+    run's config records what the model never saw, and ``vidiff eval shapes`` scores them
+    apart; the cache itself cannot hold out more than its source did)."""
+    _check_applicable(config, skip=("held_out",))
+    try:
+        cache = LatentCache(Path(config.name).expanduser())
+    except DatasetError as e:
+        raise ConfigError(f"data: {e}") from None
+    source = cache.index.get("source") or {}
+    for key in ("frames", "size"):
+        if key in source and source[key] != getattr(config, key):
+            raise ConfigError(f"data.{key}={getattr(config, key)} but the latent cache "
+                              f"{config.name!r} holds clips of {key} {source[key]}: set "
+                              f"data.{key}={source[key]}")
+    held = sorted(map(tuple, source.get("held_out") or []))
+    if sorted(map(tuple, config.held_out)) != held:
+        named = "none" if not held else ("demo" if held == sorted(DEMO_HELD_OUT) else str([list(t) for t in held]))
+        raise ConfigError(f"data.held_out lists {len(config.held_out)} triples but the latent cache "
+                          f"{config.name!r} was written holding out {len(held)}: set data.held_out={named}")
+    return cache
 
 
 def config_fields() -> list[str]:

@@ -182,10 +182,7 @@ class EditingTasks:
         noise) with seed ``seed + k``'s noise, then denoised under ``prompt`` by ``steps``
         steps of ``sampler`` over ``[0, strength]`` (None: the sampling defaults). Returns a
         Video (a list for ``samples > 1``)."""
-        defaults = self.sample_defaults
-        steps = defaults.steps if steps is None else steps
-        sampler = defaults.sampler if sampler is None else sampler
-        guidance = defaults.guidance if guidance is None else guidance
+        steps, sampler, guidance = self.sampling(steps, sampler, guidance)
         strength = check_strength(strength)
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ValueError(f"samples must be an integer >= 1, got {samples!r}")

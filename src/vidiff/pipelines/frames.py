@@ -161,12 +161,11 @@ class FrameTasks:
         returns no raw output (None) and does not hold one; ``own=True`` lets a single sample
         be generated in place in ``known`` (uint8) and ``mask`` (bool), the caller's own
         buffers, so a long clip is held once."""
-        steps = self.sample_defaults.steps if steps is None else steps
-        sampler = self.sample_defaults.sampler if sampler is None else sampler
         method = self.check_method(method)
-        if guidance is None:   # known frames entering the network: its unconditional branch is no guide
-            defaults = self.sample_defaults
-            guidance = defaults.known_guidance if method == "mask" else defaults.guidance
+        # known frames entering the network: its unconditional branch is no guide
+        if guidance is None and method == "mask":
+            guidance = self.sample_defaults.known_guidance
+        steps, sampler, guidance = self.sampling(steps, sampler, guidance)
         C, T, H, W = known.shape
         if mask.shape != (1, T, H, W):
             raise ValueError(f"mask must have shape (1, T, H, W) = {(1, T, H, W)} for known {tuple(known.shape)}, "

@@ -20,10 +20,10 @@ from vidiff.video import DEFAULT_FPS, Video
 
 
 def default_prompts(run: RunConfig, trainer, count: int = 4) -> list[str]:
-    """``sample.prompts``, else the dataset's held-out triples, then its first captions."""
+    """``sample.prompts``, else the run's held-out triples, then its dataset's first captions."""
     if run.sample.prompts:
         return list(run.sample.prompts)
-    held_out = getattr(trainer.dataset, "held_out", None) or []
+    held_out = run.data.held_out         # a latent cache's run names its source's too
     prompts = [caption(*triple) for triple in held_out][:count]
     i = 0
     while len(prompts) < count and i < 64:

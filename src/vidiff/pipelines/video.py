@@ -91,7 +91,19 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
         self.device = next(network.parameters()).device
         self.source: Optional[str] = None      # the checkpoint it was loaded from, for messages
 
-    sample_defaults = DEFAULTS
+    # How this model samples when a caller does not say: a loaded model's own ``sample``
+    # section (its config, where its card's scores were measured), else the global defaults.
+    # They differ where a model's guidance was tuned: classifier-free guidance of 5 pushes a
+    # latent model's colours off (docs/benchmarks.md, "shapes-latent").
+    sample_defaults: SampleConfig = DEFAULTS
+
+    def sampling(self, steps: Optional[int], sampler: Optional[str],
+                 guidance: Optional[float]) -> tuple[int, str, float]:
+        """``(steps, sampler, guidance)`` with each one left None taken from :attr:`sample_defaults`."""
+        d = self.sample_defaults
+        return (d.steps if steps is None else steps, d.sampler if sampler is None else sampler,
+                d.guidance if guidance is None else guidance)
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], device=None, ema: bool = True,
@@ -110,6 +122,7 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
                    parts.text_encoder, frames=run.data.frames, height=run.data.size, width=run.data.size,
                    channels=channels, fps=float(parts.config.get("fps", DEFAULT_FPS)), run_config=run, vae=vae)
         pipe.source = str(parts.path)
+        pipe.sample_defaults = run.sample
         return pipe
 
     # ------------------------------------------------------------------ conditioning
@@ -256,8 +269,8 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
     # ------------------------------------------------------------------ tasks
     @torch.no_grad()
     def generate(self, prompt: Union[str, list[str], None] = None, num_frames: Optional[int] = None,
-                 steps: int = DEFAULTS.steps, guidance: float = DEFAULTS.guidance, seed: int = 0,
-                 sampler: str = DEFAULTS.sampler, negative_prompt: Optional[str] = None,
+                 steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
+                 sampler: Optional[str] = None, negative_prompt: Optional[str] = None,
                  samples: int = 1, height: Optional[int] = None, width: Optional[int] = None,
                  guidance_rescale: float = 0.0, progress: bool = False,
                  callback: Optional[Callback] = None,
@@ -280,6 +293,7 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
                 frames it shares with the one before (see :meth:`sample`).
             steps, sampler: sampling budget and method (see ``vidiff.diffusion.SAMPLERS``).
             guidance: classifier-free guidance scale (1 = off).
+                These three default to the model's own (:attr:`sample_defaults`).
             seed: sample ``k`` of every prompt uses the noise streams of seed ``seed + k``.
             negative_prompt: its text replaces the null text in the unconditional pass.
             samples: variations per prompt.
@@ -303,6 +317,7 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
         samples = _check_count("samples", samples)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
+        steps, sampler, guidance = self.sampling(steps, sampler, guidance)
         check_sampling(steps, sampler, guidance, guidance_rescale)
         single = prompt is None or isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
