@@ -7,6 +7,7 @@ infinite dataset.
 from __future__ import annotations
 
 import bisect
+import multiprocessing
 from collections import OrderedDict
 from typing import Iterator, Optional, Sequence
 
@@ -200,6 +201,13 @@ class BucketPlan:
         return self._cached[1][step - (self._ends[k - 1] if k else 0)]
 
 
+# Workers start as fresh processes, never as forks of this one: a fork copies the locks that
+# this process's other threads (FFmpeg's decoder and scaler threads, OpenMP's, a progress bar's)
+# hold at that moment, and a forked worker decoding video with PyAV hung for good in FFmpeg's
+# scaler (freeing its slice threads), intermittently, under the test suite.
+WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def _worker_init(_: int) -> None:
     # Workers decode; one intra-op thread each keeps them from oversubscribing the cores.
     torch.set_num_threads(1)
@@ -228,8 +236,10 @@ def make_loader(dataset, batch_size: int, seed: int = 0, shuffle: bool = True, n
     options = dict(num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
                    worker_init_fn=_worker_init if num_workers > 0 else None,
                    persistent_workers=num_workers > 0)
-    if num_workers > 0 and prefetch_factor is not None:
-        options["prefetch_factor"] = prefetch_factor
+    if num_workers > 0:
+        options["multiprocessing_context"] = WORKER_START
+        if prefetch_factor is not None:
+            options["prefetch_factor"] = prefetch_factor
     if use_buckets:
         sampler = BucketBatchSampler(dataset, batch_size, seed, shuffle, drop_last, start=start)
         return DataLoader(dataset, batch_sampler=sampler, **options)

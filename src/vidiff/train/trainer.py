@@ -27,6 +27,7 @@ from vidiff.checkpoint import (
 from vidiff.data import BucketPlan
 from vidiff.models.pretrained import frozen_prefixes
 from vidiff.data import collate as default_collate
+from vidiff.data.loader import WORKER_START
 from vidiff.train.ema import EMA
 from vidiff.train.process import Dist, _distributed_state_dict, keep_freed_memory, shard_blocks
 from vidiff.train.objective import SampleDraws
@@ -247,6 +248,7 @@ class Trainer:
         workers = self.cfg.num_workers
         return iter(DataLoader(self.dataset, batch_sampler=StepBatches(), collate_fn=self.collate,
                                num_workers=workers, persistent_workers=False,
+                               multiprocessing_context=WORKER_START if workers > 0 else None,
                                pin_memory=self.dist.device.type == "cuda"))
 
     def _image_step(self, step: int) -> bool:
