@@ -13,6 +13,9 @@ from vidiff.config import ConfigError
 from vidiff.data import (COLORS, DEMO_HELD_OUT, DIRECTIONS, SHAPES, BucketBatchSampler, BucketPlan, DataConfig,
                          DatasetError, MovingDigits, MovingShapes, PhotoPan, VideoFolder, all_triples,
                          build_dataset, collate, make_loader)
+from vidiff.data.videoio import probe, read_frames
+from vidiff.eval.temporal import pooled_psnr
+from vidiff.video import Video
 
 CAPTION = re.compile(r"^a (red|green|blue|yellow|cyan|magenta|white) (circle|square|triangle) "
                      r"moving (left|right|up|down)$")
@@ -409,6 +412,30 @@ def test_buckets_group_equal_shapes(folder):
     for _ in range(5):
         batch = collate([synthetic[i] for i in next(stream)])
         assert tuple(batch["video"].shape[2:]) in {(8, 32, 32), (4, 24, 40)}
+
+
+def test_training_decodes_a_video_as_video_load_does(tmp_path):
+    """The data path and Video.load share one RGB conversion: the same pixels, within 45 dB of
+    the source for a smooth colour gradient (FFmpeg's default conversion, nearest chroma, gave
+    39.6 dB and differed from Video.load by up to 7 levels), also for a full-range stream."""
+    y, x = np.mgrid[0:32, 0:48]
+    source = np.stack([(x * 5) % 256, (y * 7) % 256, ((x + y) * 3) % 256], -1).astype(np.uint8)
+    source = np.repeat(source[None], 6, 0)                                          # (6, 32, 48, 3)
+    Video(source, fps=8).save(tmp_path / "limited.mp4")                             # MPEG range, BT.709
+    with av.open(str(tmp_path / "full.mp4"), "w") as container:                     # JPEG range, as phones write
+        stream = container.add_stream("libx264", rate=8, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.codec_context.color_range, stream.codec_context.colorspace = 2, 1
+        for i, rgb in enumerate(source):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range="JPEG")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    for name in ("limited.mp4", "full.mp4"):
+        frames = read_frames(probe(tmp_path / name, name), range(6))
+        assert np.array_equal(frames, Video.load(tmp_path / name).frames), name
+        assert pooled_psnr(frames, source) >= 45.0, (name, pooled_psnr(frames, source))
 
 
 def test_video_folder_decodes_in_workers(folder):

@@ -44,6 +44,13 @@ _SWS = (Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR
         | Interpolation.FULL_CHR_H_INP)
 
 
+def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """One decoded PyAV frame as ``uint8 (H, W, 3)`` RGB, read in the colour range it is tagged
+    with and converted with :data:`_SWS`: the one conversion every reader in vidiff uses, so a
+    clip decodes to the same pixels for training as for :meth:`Video.load`."""
+    return frame.to_ndarray(format="rgb24", interpolation=_SWS, src_color_range=frame.color_range or None)
+
+
 def _to_av_frame(rgb: np.ndarray) -> av.VideoFrame:
     """One ``uint8 (H, W, 3)`` RGB array as a PyAV frame (a function so tests can break it)."""
     return av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -399,8 +406,7 @@ def _decode(source: Union[str, BinaryIO], name: str, max_frames: Optional[int]) 
             tags = {k.lower(): v for k, v in container.metadata.items()}
             size = _SIZE_TAG.fullmatch(tags.get("comment", ""))
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24", interpolation=_SWS,
-                                               src_color_range=frame.color_range or None))
+                frames.append(frame_to_rgb(frame))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except (av.error.FFmpegError, UnicodeDecodeError) as e:

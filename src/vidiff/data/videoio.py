@@ -18,7 +18,7 @@ from PIL import Image
 
 # IMAGE_EXTENSIONS: the frame files of a folder; DEFAULT_FPS: for a frame folder without
 # fps.txt, or a stream that declares no rate
-from vidiff.video import DEFAULT_FPS, IMAGE_EXTENSIONS
+from vidiff.video import DEFAULT_FPS, IMAGE_EXTENSIONS, frame_to_rgb
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v")
 
@@ -140,7 +140,7 @@ def _decode(info: ClipInfo, wanted: list[int]) -> dict[int, np.ndarray]:
             got = {}
             for k, frame in enumerate(container.decode(stream)):  # sequential: count frames
                 if k in want:
-                    got[k] = frame.to_ndarray(format="rgb24")
+                    got[k] = frame_to_rgb(frame)
                 if k >= last:
                     break
             return got
@@ -166,7 +166,7 @@ def _decode_seeking(container, stream, fps: float, first: int, last: int, want: 
                 return None
             checked = True
         if index in want:
-            got[index] = frame.to_ndarray(format="rgb24")
+            got[index] = frame_to_rgb(frame)
         if index >= last:
             break
     return got
