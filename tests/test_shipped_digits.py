@@ -5,22 +5,18 @@ as well as its card says.
 Like tests/test_shipped_shapes.py, this file reads the package's own ``vidiff/shipped/digits/``.
 """
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import vidiff
-from vidiff.compose import RunConfig
-from vidiff.config import from_dict, to_dict
-from vidiff.data import DataConfig
 from vidiff.data.digits import MovingDigits
 from vidiff.eval.temporal import pooled_psnr
 from vidiff.pipelines import shipped
-from vidiff.train.config import load_run_config
+
+from shipped_checks import committed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits-st.yaml"
@@ -36,17 +32,7 @@ def card(monkeypatch):
 
 
 def test_digits_is_installed_and_was_trained_by_the_committed_config(card):
-    folder = shipped.PACKAGE_DIR / "digits"
-    assert "digits" in shipped.shipped_names() and shipped.total_bytes() <= shipped.BUDGET_BYTES
-    assert card["dtype"] == "float16" and card["kind"] == "denoiser"
-    overrides = re.search(r"vidiff train configs/digits-st\.yaml((?: [\w.]+=\S+)*)", card["command"])
-    committed = load_run_config(str(CONFIG), overrides.group(1).split())
-    recorded = from_dict(RunConfig, yaml.safe_load((folder / "train.yaml").read_text()))
-    for part in ("model", "diffusion", "text", "data", "tasks", "sample"):
-        assert to_dict(getattr(recorded, part)) == to_dict(getattr(committed, part)), part
-    assert to_dict(recorded.train) == to_dict(committed.train)
-    assert card["steps"] == committed.train.steps
-    assert from_dict(DataConfig, card["trained_on"]) == committed.data
+    committed_run(card, "digits", CONFIG)
 
 
 def test_digits_samples_its_training_size(card):

@@ -5,7 +5,6 @@ card says, and reproduces the frames it is given (it is mask-trained: frame task
 Unlike tests/test_shipped.py (the mechanism, on a tiny model in a temporary folder), this
 file reads the package's own ``vidiff/shipped/shapes/``.
 """
-import math
 import re
 from pathlib import Path
 
@@ -19,10 +18,11 @@ from vidiff.compose import RunConfig
 from vidiff.config import from_dict, to_dict
 from vidiff.data import DataConfig
 from vidiff.data.shapes import DEMO_HELD_OUT, all_triples
-from vidiff.eval.adherence import shapes_adherence
 from vidiff.eval.temporal import pooled_psnr
 from vidiff.pipelines import shipped
 from vidiff.train.config import load_run_config
+
+from shipped_checks import assert_adherence_matches_card
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "shapes-pixel-head.yaml"    # stage 4 of four
@@ -90,15 +90,8 @@ def test_shapes_samples_its_training_size(card):
 def test_shapes_adherence_matches_its_card(card):
     """A fresh measurement on 40 seen triples lies within three binomial standard errors of
     the adherence the card records (measured on 320 clips)."""
-    recorded = card["scores"]["seen"]["adherence"]
-    settings = card["scores"]["settings"]
-    report = shapes_adherence(vidiff.load(), held_out=[], samples=1, steps=settings["steps"],
-                              sampler=settings["sampler"], guidance=settings["guidance"], seed=SEED,
-                              progress=False, triples=SEEN)
-    measured, n = report["seen"]["adherence"], report["seen"]["count"]
-    assert n == len(SEEN) == 40
-    tolerance = 3 * math.sqrt(max(recorded * (1 - recorded), 0.02) / n)
-    assert abs(measured - recorded) <= tolerance, (measured, recorded, tolerance)
+    assert len(SEEN) == 40
+    assert_adherence_matches_card(card, vidiff.load(), SEEN, SEED)
 
 
 # Raw-output PSNR (uint8, peak 255) on the known pixels, per task: the lowest of 4 fresh clips

@@ -5,24 +5,20 @@ the guidance its config names, and still follows prompts as well as its card say
 Like tests/test_shipped_shapes.py, this file reads the package's own ``vidiff/shipped/shapes-latent/``.
 """
 import json
-import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import vidiff
 from vidiff.cli import main
-from vidiff.compose import RunConfig, load_autoencoder
-from vidiff.config import from_dict, to_dict
-from vidiff.data import DataConfig
+from vidiff.compose import load_autoencoder
 from vidiff.data.shapes import DEMO_HELD_OUT, all_triples, geometry, render
-from vidiff.eval.adherence import shapes_adherence
 from vidiff.pipelines import shipped
 from vidiff.train.config import load_run_config
+
+from shipped_checks import assert_adherence_matches_card, committed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "shapes-latent.yaml"
@@ -41,18 +37,8 @@ def card(monkeypatch):
 
 
 def test_shapes_latent_is_installed_and_was_trained_by_the_committed_configs(card):
-    folder = shipped.PACKAGE_DIR / NAME
-    assert NAME in shipped.shipped_names() and shipped.total_bytes() <= shipped.BUDGET_BYTES
-    assert card["dtype"] == "float16" and card["kind"] == "denoiser"
+    committed = committed_run(card, NAME, CONFIG)
     assert card["parameters_by_part"]["autoencoder"] > 0                  # it carries its autoencoder
-    overrides = re.search(r"vidiff train configs/shapes-latent\.yaml((?: [\w.]+=\S+)*)", card["command"])
-    committed = load_run_config(str(CONFIG), overrides.group(1).split())
-    recorded = from_dict(RunConfig, yaml.safe_load((folder / "train.yaml").read_text()))
-    for part in ("model", "diffusion", "text", "data", "tasks", "sample"):
-        assert to_dict(getattr(recorded, part)) == to_dict(getattr(committed, part)), part
-    assert to_dict(recorded.train) == to_dict(committed.train)
-    assert card["steps"] == committed.train.steps
-    assert from_dict(DataConfig, card["trained_on"]) == committed.data
     # the chain: the autoencoder config writes the run the denoiser config names
     assert load_run_config(str(VAE_CONFIG)).train.out_dir == committed.model.vae
     assert "configs/shapes-latent-vae.yaml" in card["command"] and "cache-latents" in card["command"]
@@ -101,12 +87,5 @@ def test_reconstruct_takes_the_shipped_name_for_its_autoencoder(card, tmp_path):
 def test_shapes_latent_adherence_matches_its_card(card):
     """A fresh measurement on 20 seen triples lies within three binomial standard errors of
     the adherence the card records (measured on 4 samples of every seen triple)."""
-    recorded = card["scores"]["seen"]["adherence"]
-    settings = card["scores"]["settings"]
-    report = shapes_adherence(vidiff.load(NAME), held_out=[], samples=1, steps=settings["steps"],
-                              sampler=settings["sampler"], guidance=settings["guidance"], seed=SEED,
-                              progress=False, triples=SEEN)
-    measured, n = report["seen"]["adherence"], report["seen"]["count"]
-    assert n == len(SEEN) == 20
-    tolerance = 3 * math.sqrt(max(recorded * (1 - recorded), 0.02) / n)
-    assert abs(measured - recorded) <= tolerance, (measured, recorded, tolerance)
+    assert len(SEEN) == 20
+    assert_adherence_matches_card(card, vidiff.load(NAME), SEEN, SEED)
