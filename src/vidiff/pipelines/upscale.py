@@ -106,9 +106,7 @@ class UpscaleTasks:
         window = self.frames if T > self.frames else None
         # The network sees one window of one tile at a time: that piece must fit it.
         self.network.check_shape((1, self.channels, min(T, self.frames), min(H, out_tile or H), min(W, out_tile or W)))
-        s = self.run_config.sample
-        steps, sampler = steps or s.steps, sampler or s.sampler
-        guidance = s.guidance if guidance is None else guidance
+        steps, sampler, guidance = self.sampling(steps, sampler, guidance)     # None: the stage's own
         level = torch.tensor([float(noise_level)], device=self.device)
         if noise_level > 0:
             g = torch.Generator().manual_seed(seed + LOW_RES_NOISE_SEED)

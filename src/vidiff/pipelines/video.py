@@ -88,11 +88,13 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
         self.text_encoder, self.vae = text_encoder, vae
         self.frames, self.height, self.width, self.channels, self.fps = frames, height, width, channels, fps
         self.run_config = run_config
+        if run_config is not None:
+            self.sample_defaults = run_config.sample
         self.device = next(network.parameters()).device
         self.source: Optional[str] = None      # the checkpoint it was loaded from, for messages
 
-    # How this model samples when a caller does not say: a loaded model's own ``sample``
-    # section (its config, where its card's scores were measured), else the global defaults.
+    # How this model samples when a caller does not say: its run config's ``sample`` section
+    # (where a loaded model's card was measured; set in __init__), else the global defaults.
     # They differ where a model's guidance was tuned: classifier-free guidance of 5 pushes a
     # latent model's colours off (docs/benchmarks.md, "shapes-latent").
     sample_defaults: SampleConfig = DEFAULTS
@@ -122,7 +124,6 @@ class VideoPipeline(FrameTasks, EditingTasks, ControlTasks, UpscaleTasks):
                    parts.text_encoder, frames=run.data.frames, height=run.data.size, width=run.data.size,
                    channels=channels, fps=float(parts.config.get("fps", DEFAULT_FPS)), run_config=run, vae=vae)
         pipe.source = str(parts.path)
-        pipe.sample_defaults = run.sample
         return pipe
 
     # ------------------------------------------------------------------ conditioning
