@@ -1,11 +1,13 @@
 """The autoencoder benchmarks in one place: ``memory`` (peak working memory and frames per
-second of decoding 16, 64 and 256 frames, chunked and unchunked) and ``quality``
-(reconstruction PSNR/SSIM after at most 30 minutes of CPU training).
+second of decoding 16, 64 and 256 frames, chunked and unchunked), ``quality``
+(reconstruction PSNR/SSIM after at most 30 minutes of CPU training) and ``speed`` (seconds
+per training step, fp32 and bf16).
 
 Usage::
 
     python benchmarks/vae.py memory  [options of vae_memory.py]
     python benchmarks/vae.py quality [options of vae_quality.py]
+    python benchmarks/vae.py speed   [options of vae_speed.py]
 
 Each prints its own table; the last line is its headline. Results: docs/benchmarks.md.
 """
@@ -15,7 +17,7 @@ import runpy
 import sys
 from pathlib import Path
 
-SCRIPTS = {"memory": "vae_memory.py", "quality": "vae_quality.py"}
+SCRIPTS = {"memory": "vae_memory.py", "quality": "vae_quality.py", "speed": "vae_speed.py"}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in SCRIPTS:

@@ -110,6 +110,29 @@ def test_resume_equals_uninterrupted(tmp_path, buckets):
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
+def test_stop_at_is_a_stage_of_one_schedule(tmp_path):
+    # train.stop_at ends a stage with a checkpoint while the LR schedule stays planned to
+    # train.steps, so stage 1 + stage 2 is the uninterrupted run step for step; stage 2 may
+    # change the data (a curriculum: longer clips for the last steps).
+    straight = train(tiny_config(tmp_path / "a"), progress=False)
+    stage = train(tiny_config(tmp_path / "b", "train.stop_at=4"), progress=False)
+    assert stage.step == 4 and len(list((tmp_path / "b" / "checkpoints").iterdir())) >= 1
+    with pytest.raises(ValueError, match=r"at step 4, at or past train.stop_at=4.*train.stop_at=0"):
+        train(tiny_config(tmp_path / "b", "train.stop_at=4"), resume=str(tmp_path / "b"), progress=False)
+    resumed = train(tiny_config(tmp_path / "b", "train.stop_at=0"), resume=str(tmp_path / "b"), progress=False)
+    assert resumed.step == 6
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+    # the other data: 2-frame clips for the last 2 steps change the weights from there on only
+    longer = train(tiny_config(tmp_path / "c", "train.stop_at=4"), progress=False)
+    longer = train(tiny_config(tmp_path / "c", "train.stop_at=0", "data.frames=2"),
+                   resume=str(tmp_path / "c"), progress=False)
+    c = weights(tmp_path / "c")
+    assert longer.step == 6 and not all(torch.equal(a[key], c[key]) for key in a)
+    assert [h["loss"] for h in longer.history][:4] == [h["loss"] for h in straight.history][:4]
+
+
 def test_train_step_alone_follows_fit(tmp_path):
     # A caller that steps by hand (benchmarks/cascade.py counts one step's FLOPs) gets the
     # batches fit would have given: the same losses, step for step.

@@ -11,6 +11,7 @@ from vidiff.config import ConfigError, from_dict, to_dict
 from vidiff.models import VAE_MODELS, VAEConfig, VideoVAE
 from vidiff.diffusion.tiled import tile_starts
 from vidiff.models.vae import _to_uint8
+from vidiff.models.vae_blocks import ChannelRMSNorm
 from vidiff.models.vae_losses import (PatchDiscriminator, VAELossConfig, autoencoder_loss,
                                       discriminator_loss, hinge_d_loss, temporal_difference_loss)
 
@@ -177,6 +178,43 @@ def test_tiled_decoding_is_close_and_seamless():
     for e in edges:
         around = torch.cat([grad[e - 4:e - 2], grad[e + 1:e + 3]]).mean()
         assert grad[e - 1] <= 1.5 * around, (e, grad[e - 1], around)
+
+
+def test_channel_rms_norm_closed_form():
+    # y = x / max(RMS over channels, eps/sqrt(C)) * gain + bias, pixel by pixel; an all-zero
+    # pixel stays finite (its output is the bias) and so does its gradient.
+    torch.manual_seed(0)
+    norm = ChannelRMSNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64)
+    x[0, :, 1, 2, 3] = 0
+    x.requires_grad_(True)
+    y = norm.double()(x)
+    rms = x.detach().pow(2).mean(1, keepdim=True).sqrt()
+    expected = x.detach() / rms.clamp_min(norm.eps / 6 ** 0.5) * norm.weight.view(1, -1, 1, 1, 1) \
+        + norm.bias.view(1, -1, 1, 1, 1)
+    assert torch.allclose(y, expected, atol=1e-12)
+    assert torch.equal(y[0, :, 1, 2, 3], norm.bias.detach())
+    y.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # its hand-written backward against finite differences, a zero pixel included
+    assert torch.autograd.gradcheck(norm, (x.detach()[:, :, :2].clone().requires_grad_(True),))
+
+
+def test_bf16_autocast_reaches_the_convolutions():
+    # Under CPU autocast the convolutions run in bf16 (the direct oneDNN call is for fp32 only),
+    # which is what makes train.precision=bf16 faster; the output stays close to fp32.
+    vae = make()
+    clip = smooth_clip(5, 16, 16)
+    with torch.no_grad():
+        ref = vae.decoder(vae.encode(clip).mean)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = vae.decoder(vae.encode(clip).mean)
+    assert low.dtype == torch.bfloat16
+    err = (low.float() - ref).abs().max().item()
+    assert 0 < err < 0.1 * ref.abs().max().item()
 
 
 def test_tiny_autoencoder_overfits_one_clip():

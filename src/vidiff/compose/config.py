@@ -120,6 +120,8 @@ class TrainConfig:
     init_from: Optional[str] = None
     trainable: list[str] = field(default_factory=list)  # parameter-name prefixes that train; [] = all
     max_minutes: float = 0.0            # > 0: stop (with a checkpoint) after this wall time
+    stop_at: int = 0                    # > 0: stop (with a checkpoint) at this step, the LR schedule
+                                        # still planned to `steps`: a stage, resumed with other data
 
     def __post_init__(self):
         checks = [
@@ -136,6 +138,9 @@ class TrainConfig:
              f"train.precision: {self.precision!r} is not one of ['fp32', 'bf16']"),
             (0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.max_minutes >= 0, f"train.max_minutes must be >= 0, got {self.max_minutes}"),
+            (self.stop_at == 0 or 0 < self.stop_at < self.steps,
+             f"train.stop_at must be 0 (off) or a step in 1..{self.steps - 1} (train.steps - 1), "
+             f"got {self.stop_at}"),
             (self.checkpoint_every >= 1, f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (all(isinstance(p, str) and p for p in self.trainable),
              f"train.trainable must list parameter-name prefixes, got {self.trainable!r}"),

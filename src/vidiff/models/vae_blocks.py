@@ -26,7 +26,8 @@ Cache = Optional[dict]   # module -> carried state; None = the whole clip in one
 
 def _conv3d(x: Tensor, conv: nn.Conv3d) -> Tensor:
     """``conv`` on ``x (B, C, T, H, W)`` with its own stride and padding."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled \
+            and not torch.is_autocast_enabled("cpu"):
         # torch routes small-batch CPU conv3d to a reference kernel up to 2x slower than
         # oneDNN's; same maths, called directly.
         return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride,
@@ -115,9 +116,39 @@ class ChannelRMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        # ||x|| / sqrt(C) is the RMS; normalize() clamps the norm at eps, so zeros stay finite.
-        y = F.normalize(x, dim=1, eps=self.eps) * self.scale                 # (B, C, T, H, W)
+        # ||x|| / sqrt(C) is the RMS; the norm is clamped at eps, so zeros stay finite. Not
+        # F.normalize: torch's vector norm over the channel dim of a (B, C, T, H, W) tensor is
+        # a slow strided reduction on CPU (a quarter of a vae-s training step;
+        # benchmarks/vae_speed.py times both).
+        y = _RMSNormalize.apply(x, self.eps ** 2) * self.scale               # (B, C, T, H, W)
         return torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
+
+
+class _RMSNormalize(torch.autograd.Function):
+    """``x / max(||x||, sqrt(eps2))`` over dim 1: ``(B, C, ...) -> (B, C, ...)``.
+
+    The forward sums the squares channel by channel, in float32 and in a fixed order, so a
+    pixel's result does not depend on how many frames share the call: chunked coding equals
+    whole-clip coding to the last bit (``x.square().sum(1)`` takes another summation order for
+    some clip lengths, and ``F.normalize`` is slow). The backward is the closed form
+    ``r g - r^3 x <g, x>`` (``r = 1 / ||x||``; the clamped pixels' norm is a constant).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps2: float) -> Tensor:
+        total = x[:, :1].to(torch.promote_types(x.dtype, torch.float32)).square()   # (B, 1, ...)
+        for c in range(1, x.shape[1]):
+            total.addcmul_(x[:, c:c + 1], x[:, c:c + 1])
+        unclamped = total > eps2
+        inv = torch.rsqrt(total.clamp_min_(eps2)).to(x.dtype)                # (B, 1, ...)
+        ctx.save_for_backward(x, inv, unclamped)
+        return x * inv
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, inv, unclamped = ctx.saved_tensors
+        dot = (grad * x).sum(1, keepdim=True)                                # (B, 1, ...)
+        return grad * inv - x * (inv.pow(3) * dot * unclamped), None
 
 
 def make_norm(channels: int, cfg: VAEConfig) -> nn.Module:

@@ -43,12 +43,17 @@ def build_trainer(run: RunConfig, resume: Optional[str] = None, progress: bool =
 
 def train(run: RunConfig, resume: Optional[str] = None, progress: bool = True,
           sample_writer: Optional[SampleWriter] = None) -> Trainer:
-    """Train ``run`` (or continue it from ``resume``), then write the loss curve and, with a
-    ``sample_writer``, samples every ``train.sample_every`` steps and at the end."""
+    """Train ``run`` (or continue it from ``resume``) to ``train.steps``, or to ``train.stop_at``
+    when set, then write the loss curve and, with a ``sample_writer``, samples every
+    ``train.sample_every`` steps and at the end."""
     trainer = build_trainer(run, resume, progress)
+    if 0 < run.train.stop_at <= trainer.step:
+        raise ValueError(f"this run is at step {trainer.step}, at or past train.stop_at="
+                         f"{run.train.stop_at}: resume with train.stop_at=0 (on to train.steps="
+                         f"{run.train.steps}) or a later step")
     if sample_writer is not None:
         trainer.sample_hook = lambda t: sample_writer(run, t)
-    trainer.fit()
+    trainer.fit(until=run.train.stop_at or None)
     if trainer.dist.main:
         plot_loss(trainer.history, Path(run.train.out_dir) / "loss.png")
         if sample_writer is not None:
