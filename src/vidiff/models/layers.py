@@ -381,6 +381,18 @@ def xavier_linears(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def conv3d(x: Tensor, conv: nn.Conv3d) -> Tensor:
+    """``conv`` on ``x (B, C_in, T, H, W) -> (B, C_out, T', H', W')``, with its own stride and
+    padding. On a CPU in float32 it calls oneDNN directly: torch sends small-batch conv3d on
+    small frames to a reference kernel 2-8x slower (same maths; counted by models.flops).
+    Under autocast it stays the module call, so the convolution runs in bf16."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled \
+            and not torch.is_autocast_enabled("cpu"):
+        return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride,
+                                        conv.dilation, conv.groups)
+    return conv(x)
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero every parameter of ``module`` and return it (identity-at-init residual branches)."""
     for p in module.parameters():

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidiff.models.layers import Attention, FeedForward, rotary_cos_sin_3d, zero_module
+from vidiff.models.layers import Attention, FeedForward, conv3d, rotary_cos_sin_3d, zero_module
 from vidiff.models.unet_config import UNetConfig
 
 
@@ -112,15 +112,7 @@ class SpatioTemporalConv(nn.Module):
         if self.full3d:
             if T == 1:
                 return F.conv2d(h, self.conv.weight[:, :, self.kernel // 2], self.conv.bias, padding=1)
-            v = _to_video(h, B)                                              # (B, C_in, T, H, W)
-            if v.device.type == "cpu" and v.dtype == torch.float32 and torch.backends.mkldnn.enabled:
-                # torch sends batch-1 conv3d on small frames to a reference kernel 3-8x slower
-                # than oneDNN's; call oneDNN directly (same maths, counted by models.flops).
-                pad = (self.kernel // 2, 1, 1)
-                v = torch.mkldnn_convolution(v, self.conv.weight, self.conv.bias, pad,
-                                             (1, 1, 1), (1, 1, 1), 1)        # (B, C_out, T, H, W)
-            else:
-                v = self.conv(v)                                             # (B, C_out, T, H, W)
+            v = conv3d(_to_video(h, B), self.conv)                           # (B, C_out, T, H, W)
             return _from_video(v)                                            # (B*T, C_out, H, W)
         h = self.spatial(h)                                                  # (B*T, C_out, H, W)
         if T > 1 and self.temporal is not None:

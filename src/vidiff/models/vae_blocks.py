@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidiff.models.layers import Attention, checkpoint_scoped
+from vidiff.models.layers import Attention, checkpoint_scoped, conv3d
 from vidiff.models.vae_config import VAEConfig
 
 Cache = Optional[dict]   # module -> carried state; None = the whole clip in one pass
@@ -22,17 +22,6 @@ Cache = Optional[dict]   # module -> carried state; None = the whole clip in one
 #################################################################################
 #                                    Layers                                     #
 #################################################################################
-
-
-def _conv3d(x: Tensor, conv: nn.Conv3d) -> Tensor:
-    """``conv`` on ``x (B, C, T, H, W)`` with its own stride and padding."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled \
-            and not torch.is_autocast_enabled("cpu"):
-        # torch routes small-batch CPU conv3d to a reference kernel up to 2x slower than
-        # oneDNN's; same maths, called directly.
-        return torch.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride,
-                                        conv.dilation, conv.groups)
-    return conv(x)
 
 
 class CausalConv3d(nn.Module):
@@ -54,7 +43,7 @@ class CausalConv3d(nn.Module):
             x = torch.cat([past, x], dim=2)                                   # (B, C, kt-1+T, H, W)
             if cache is not None:  # a copy, so the cache does not pin the whole chunk
                 cache[self] = x[:, :, -(self.kt - 1):].clone()
-        return _conv3d(x, self.conv)                                          # (B, C_out, T, H', W')
+        return conv3d(x, self.conv)                                          # (B, C_out, T, H', W')
 
 
 class FactorizedCausalConv(nn.Module):
