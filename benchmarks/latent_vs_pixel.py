@@ -12,7 +12,9 @@ temporal, 8 channels), ``(8, 1 + (T-1)/4, S/4, S/4)``. Reported per clip:
   and of a sampled clip: ``--sample-steps`` guided steps, timed as one guided forward times the
   step count (a 128x128 pixel clip would otherwise take an hour on a CPU), plus the decode;
 * **peak working memory** of a training step: peak RSS minus the RSS after model, optimizer
-  and inputs exist, in a fresh subprocess (as ``vae_memory.py`` measures);
+  and inputs exist, in a fresh subprocess (as ``vae_memory.py`` measures); ``--grad-checkpoint
+  128`` times the training steps of that size with gradient checkpointing (both models), which
+  a 128x128 pixel step needs to fit in 24 GiB;
 
 Steps to reach the same adherence need two trained models and are not measured here (see
 docs/benchmarks.md). The autoencoder is untrained: cost does not depend on its weights.
@@ -51,13 +53,14 @@ from vidiff.models.registry import resolve_config, build_from_config, architectu
 TEXT_TOKENS, TEXT_DIM = 16, 256
 
 
-def parts(args, size: int, mode: str, device: str):
+def parts(args, size: int, mode: str, device: str, grad_checkpoint: bool = False):
     """``(network, vae, input shape (C, t, h, w))`` for one mode on ``device``."""
     with torch.device(device):
         torch.manual_seed(0)
         vae = VideoVAE(VAE_MODELS[args.vae]).eval()
         shape = vae.latent_shape(args.frames, size, size) if mode == "latent" else (3, args.frames, size, size)
-        config = dataclasses.replace(resolve_config(args.model, {}), in_channels=shape[0], text_dim=TEXT_DIM)
+        config = dataclasses.replace(resolve_config(args.model, {}), in_channels=shape[0], text_dim=TEXT_DIM,
+                                     grad_checkpoint=grad_checkpoint)
         network = build_from_config(architecture_of(config), config)
     return network, vae, shape
 
@@ -87,7 +90,7 @@ def flops(args, size: int, mode: str) -> dict:
 
 def worker(args, size: int, mode: str) -> dict:
     """Times and peak memory of one mode, in this (fresh) process."""
-    network, vae, shape = parts(args, size, mode, "cpu")
+    network, vae, shape = parts(args, size, mode, "cpu", grad_checkpoint=size in args.checkpointed)
     network.train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
     x, t, cond = inputs(shape, args.batch, "cpu")
@@ -125,7 +128,7 @@ def worker(args, size: int, mode: str) -> dict:
 def measure(args, size: int, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", f"{size}:{mode}", "--model", args.model, "--vae", args.vae,
            "--frames", str(args.frames), "--batch", str(args.batch), "--runs", str(args.runs),
-           "--sample-steps", str(args.sample_steps)]
+           "--sample-steps", str(args.sample_steps), "--grad-checkpoint", args.grad_checkpoint]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ALLOCATORS["fixed"]})
     if result.returncode:
         raise RuntimeError(f"worker {size}:{mode} failed:\n{result.stderr}")
@@ -143,8 +146,13 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--no-time", action="store_true", help="FLOPs only")
     p.add_argument("--time-sizes", help="time only these sizes (default: all of --sizes); the rest get FLOPs")
+    p.add_argument("--grad-checkpoint", default="", metavar="SIZES",
+                   help="sizes whose timed training steps recompute each block's activations in the "
+                        "backward (gradient checkpointing), e.g. 128: a 128x128 pixel step needs more "
+                        "memory than a 24 GiB machine has without it")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.checkpointed = {int(s) for s in args.grad_checkpoint.split(",") if s}
     if args.worker:
         size, mode = args.worker.split(":")
         print(json.dumps(worker(args, int(size), mode)))
@@ -167,7 +175,7 @@ def main() -> None:
             coder = f"{row['encode_gflop']:.1f}/{row['decode_gflop']:.1f}" if mode == "latent" else "-"
             times = (f"{row['train_s']:>8.2f} {row['train_mib']:>10.0f} {row['sample_s']:>8.1f}"
                      if timed else f"{'-':>8} {'-':>10} {'-':>8}")
-            print(f"{size:>5} {mode:>7} {shape:>16} {row['train_gflop']:>12.1f} {row['sample_step_gflop']:>18.1f} "
+            print(f"{size:>5}{'*' if timed and size in args.checkpointed else ' '}{mode:>7} {shape:>16} {row['train_gflop']:>12.1f} {row['sample_step_gflop']:>18.1f} "
                   f"{coder:>14} {times}", flush=True)
         pixel, latent = rows["pixel"], rows["latent"]
         ratios[size] = pixel["train_gflop"] / latent["train_gflop"]
@@ -177,6 +185,9 @@ def main() -> None:
                                         f"; step time / {pixel['train_s'] / latent['train_s']:.1f}, "
                                         f"clip time / {pixel['sample_s'] / latent['sample_s']:.1f}, "
                                         f"training memory / {pixel['train_mib'] / max(latent['train_mib'], 1):.1f}"))
+    if args.checkpointed & timed_sizes:
+        print("* timed with gradient checkpointing: a training step recomputes the forward of each "
+              "block (the FLOPs are the plain step's)")
     print("headline: latent/pixel training FLOPs " + ", ".join(f"at {s}x{s} 1/{r:.0f}" for s, r in ratios.items()))
 
 
