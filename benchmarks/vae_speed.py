@@ -54,6 +54,7 @@ def main() -> None:
     vae = build_from_config("vae", resolve_config("vae-s"))
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4)
     clips = torch.rand(args.batch, 3, args.frames, args.size, args.size) * 2 - 1   # (B, 3, T, H, W)
+    fast_forward = ChannelRMSNorm.forward
 
     def step(bf16: bool, reference_norm: bool = False):
         def run():
@@ -69,8 +70,6 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return run
-
-    fast_forward = ChannelRMSNorm.forward
 
     norm = ChannelRMSNorm(16)                 # the first level's width in vae-s
     x = torch.randn(args.batch, 16, args.frames, args.size, args.size, requires_grad=True)
