@@ -41,7 +41,11 @@ forecast and the extension each clip's caption, which names its digits (at ``--f
 ``--overlap K`` starts every extension window with K known frames (default: the pipeline's,
 a quarter window); ``--known-noise T`` noises the known frames to diffusion time T when
 sampling, as training does half the time (noise augmentation), so that a window conditioned on
-frames the model made itself sees them as it saw noisy ones in training.
+frames the model made itself sees them as it saw noisy ones in training. ``--best-of N`` also
+draws N more forecasts of every clip and reports the best PSNR and the best SSIM among them,
+each picked on its own: the protocol of the stochastic moving-digit predictors the issue's
+reference SSIM comes from (SVG and MCVD report the best of 100 samples a test clip). It says
+how close some drawn future comes to the truth, not what one forecast is worth.
 
 The last line is the headline. Usage::
 
@@ -49,6 +53,7 @@ The last line is the headline. Usage::
     python benchmarks/tasks.py --dataset digits --model digits --clips 16
     python benchmarks/tasks.py --dataset digits --model digits --clips 16 --forecast-prompt
     python benchmarks/tasks.py --dataset digits --model digits --clips 16 --forecast-prompt --overlap 12
+    python benchmarks/tasks.py --dataset digits --model digits --clips 16 --best-of 100
 """
 from __future__ import annotations
 
@@ -237,11 +242,13 @@ def read_share(reader, frames: np.ndarray, digit: int) -> float:
 
 def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
                  told_guidance: Optional[float] = None, overlap: Optional[int] = None,
-                 known_noise: float = 0.0) -> dict:
+                 known_noise: float = 0.0, best_of: int = 1) -> dict:
     """Forecast and long extension of fresh MovingDigits clips, from the frames alone, or told
     each clip's caption (which names its digits) at ``told_guidance``; ``overlap``: the known
     frames each extension window starts with (None: the pipeline's default); ``known_noise``:
-    the diffusion time of noise put on the known frames (noise augmentation at sampling)."""
+    the diffusion time of noise put on the known frames (noise augmentation at sampling);
+    ``best_of``: also draw that many forecasts of each clip and keep the best PSNR and the
+    best SSIM among them (each chosen on its own), the stochastic-prediction protocol."""
     from vidiff.data.digits import MovingDigits
     from vidiff.eval.temporal import psnr_ssim
     from vidiff.video import Video
@@ -249,6 +256,8 @@ def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
     reader = digit_reader()
     r = {k: [] for k in ("forecast", "copy_last", "ssim", "copy_ssim", "long_ok", "area_min",
                          "area_max", "speed_ratio")}
+    if best_of > 1:
+        r.update(best_forecast=[], best_ssim=[])
     identity, identity_truth = [], []     # one-digit clips: frames read as their digit
     start = time.perf_counter()
     for i in range(n):
@@ -263,6 +272,13 @@ def digits_tasks(pipe, n: int, steps: int, long_frames: int = 128,
         r["copy_last"].append(pooled_psnr(copy, clip[CONTEXT:]))
         r["ssim"].append(float(np.mean(psnr_ssim(pred[CONTEXT:], clip[CONTEXT:])["ssim"])))
         r["copy_ssim"].append(float(np.mean(psnr_ssim(copy, clip[CONTEXT:])["ssim"])))
+        if best_of > 1:
+            # seeds 1000 + i: other draws than the single forecast's, so that one is not a free pick
+            futures = pipe.predict(Video(clip[:CONTEXT]), CONTEXT, FRAMES, prompt, samples=best_of,
+                                   seed=1000 + i, guidance=guidance, steps=steps, known_noise=known_noise)
+            futures = [v.frames[CONTEXT:] for v in futures]
+            r["best_forecast"].append(max(pooled_psnr(f, clip[CONTEXT:]) for f in futures))
+            r["best_ssim"].append(max(float(np.mean(psnr_ssim(f, clip[CONTEXT:])["ssim"])) for f in futures))
         long = pipe.extend(Video(clip), long_frames, prompt, seed=i, guidance=guidance, steps=steps,
                            overlap=overlap, known_noise=known_noise).frames
         areas = np.array([foreground(f).sum() for f in long], np.float64)
@@ -339,6 +355,8 @@ def main() -> None:
                         help="digits: known frames each extension window starts with (default: the pipeline's)")
     parser.add_argument("--known-noise", type=float, default=0.0,
                         help="digits: diffusion time of noise on the known frames when sampling (training draws 0-0.05)")
+    parser.add_argument("--best-of", type=int, default=1, metavar="N",
+                        help="digits: also report the best PSNR and SSIM of N forecasts per clip")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--cost-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -353,7 +371,7 @@ def main() -> None:
     if args.dataset == "digits":
         s = digits_tasks(vidiff.load(args.model), args.clips, args.steps,
                          told_guidance=args.forecast_guidance if args.forecast_prompt else None,
-                         overlap=args.overlap, known_noise=args.known_noise)
+                         overlap=args.overlap, known_noise=args.known_noise, best_of=args.best_of)
         print(json.dumps({k: round(v, 3) for k, v in s.items()}))
         if args.json:
             with open(args.json, "w") as f:
@@ -362,7 +380,9 @@ def main() -> None:
               f"{s['ssim']:.3f} (copy-last {s['copy_ssim']:.3f}); 16 -> 128 frames: {100 * s['long_ok']:.0f}% of "
               f"clips keep every frame's area in 0.5-2x (range {s['area_min']:.2f}-{s['area_max']:.2f}) and moving"
               + (f"; one-digit clips: {100 * s['identity']:.0f}% of generated frames read as their digit "
-                 f"(given frames: {100 * s['identity_truth']:.0f}%)" if "identity" in s else ""))
+                 f"(given frames: {100 * s['identity_truth']:.0f}%)" if "identity" in s else "")
+              + (f"; best of {args.best_of} forecasts: {s['best_forecast'] - s['copy_last']:+.2f} dB over copy-last, "
+                 f"SSIM {s['best_ssim']:.3f}" if "best_forecast" in s else ""))
         return
     data = clips(args.clips)
     results = {}
