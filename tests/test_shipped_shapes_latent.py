@@ -15,6 +15,7 @@ import vidiff
 from vidiff.cli import main
 from vidiff.compose import load_autoencoder
 from vidiff.data.shapes import DEMO_HELD_OUT, all_triples, geometry, render
+from vidiff.eval.temporal import psnr_ssim
 from vidiff.pipelines import shipped
 from vidiff.train.config import load_run_config
 
@@ -22,7 +23,7 @@ from shipped_checks import assert_adherence_matches_card, committed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "shapes-latent.yaml"
-VAE_CONFIG = ROOT / "configs" / "shapes-latent-vae.yaml"
+VAE_CONFIG = ROOT / "configs" / "vae-64.yaml"
 NAME = "shapes-latent"
 # The re-measurement: every fourth seen triple, one sample each, with seeds the recorded
 # evaluation did not use (it drew samples 0..3 from seed 0), so it is a fresh estimate.
@@ -41,7 +42,7 @@ def test_shapes_latent_is_installed_and_was_trained_by_the_committed_configs(car
     assert card["parameters_by_part"]["autoencoder"] > 0                  # it carries its autoencoder
     # the chain: the autoencoder config writes the run the denoiser config names
     assert load_run_config(str(VAE_CONFIG)).train.out_dir == committed.model.vae
-    assert "configs/shapes-latent-vae.yaml" in card["command"] and "cache-latents" in card["command"]
+    assert "configs/vae-64.yaml" in card["command"] and "cache-latents" in card["command"]
     # the cache held the demo triples out, and the model's config says so
     assert sorted(map(tuple, committed.data.held_out)) == sorted(DEMO_HELD_OUT)
     assert card["scores"]["held_out"]["count"] == 4 * len(DEMO_HELD_OUT)
@@ -70,18 +71,23 @@ def test_shapes_latent_samples_its_training_size_through_its_autoencoder(card):
 
 
 def test_reconstruct_takes_the_shipped_name_for_its_autoencoder(card, tmp_path):
-    """`vidiff reconstruct --vae shapes-latent` uses the autoencoder inside the shipped model,
-    which codes a MovingShapes clip of its training size well (the card's figure is on 24 clips;
-    one clip must clear a floor 4 dB below it)."""
+    """`vidiff reconstruct --vae shapes-latent` uses the autoencoder inside the shipped model:
+    its PSNR is that autoencoder's own round trip of the clip, and it clears the issue's aim
+    for 17-frame MovingShapes clips (32 dB; the card's figure, 41.5 dB, is a mean over 24
+    clips, and single clips spread by several dB around it)."""
     g = geometry("right", 17, 64)
     clip = render("red", "circle", "right", frames=17, size=64, start=(g["x"][0], sum(g["y"]) / 2))
     vidiff.Video(clip, fps=8).save(tmp_path / "in")                       # PNG folder: lossless
     assert main(["reconstruct", str(tmp_path / "in"), "--vae", NAME, "--out", str(tmp_path / "rec"),
                  "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["psnr_db"] >= card["scores"]["autoencoder"]["psnr_17"] - 4.0, report
-    vae = load_autoencoder(NAME)
+    vae = load_autoencoder(NAME).eval()
     assert vae.config.latent_channels == 8
+    with torch.no_grad():
+        direct = vidiff.Video.from_tensor(vae(vidiff.Video(clip).to_tensor()[None], sample_posterior=False)[0][0]).frames
+    # the command reports the mean of the per-frame PSNRs
+    assert abs(report["psnr_db"] - np.mean(psnr_ssim(direct, clip)["psnr"])) < 0.05, report
+    assert report["psnr_db"] >= 32.0 and card["scores"]["autoencoder"]["psnr_17"] >= 32.0, report
 
 
 def test_shapes_latent_adherence_matches_its_card(card):
