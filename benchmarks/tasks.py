@@ -43,8 +43,8 @@ a quarter window); ``--known-noise T`` noises the known frames to diffusion time
 sampling, as training does half the time (noise augmentation), so that a window conditioned on
 frames the model made itself sees them as it saw noisy ones in training. ``--best-of N`` also
 draws N more forecasts of every clip and reports the best PSNR and the best SSIM among them,
-each picked on its own: the protocol of the stochastic moving-digit predictors the issue's
-reference SSIM comes from (SVG and MCVD report the best of 100 samples a test clip). It says
+each picked on its own: the protocol of published stochastic moving-digit predictors (SVG
+and MCVD report the best of 100 samples a test clip), so their figures compare. It says
 how close some drawn future comes to the truth, not what one forecast is worth.
 
 The last line is the headline. Usage::
